@@ -1,0 +1,326 @@
+"""
+JSON-RPC over HTTP: one URL, C{/}, for GET, POST and multipart uploads.
+
+  - C{GET /?method=M&id=I&params=<url-encoded JSON>}
+  - C{POST /} with a JSON body: one request object, or a batch (an array)
+  - C{POST /} with C{multipart/form-data}: a C{method} field, optional C{id}
+    and C{params} (JSON) fields, other plain fields as parameters, and file
+    fields (the body is streamed to disk first and never read into memory)
+
+Every request is authenticated with C{Authorization: Bearer <token>} before
+anything else is looked at, and gets exactly one reply.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import tempfile
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+from urllib.parse import parse_qs
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+from twisted.web.server import NOT_DONE_YET
+
+from conpaassql.rpc.dispatch import Dispatcher, encode
+from conpaassql.rpc.errors import (
+    HTTPMethodNotAllowed,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    ParseError,
+    RPCError,
+    TooLarge,
+    Unauthorized,
+)
+from conpaassql.rpc.multipart import parseMultipart
+
+log = Logger()
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+DEFAULT_MAX_UPLOAD = 64 * 1024 * 1024 * 1024
+
+
+class TokenAuth:
+    """
+    Bearer-token authentication, compared in constant time.  C{hint} tells a
+    refused caller where the token is to be found (never the token).
+    """
+
+    def __init__(self, tokens: Sequence[str], hint: str = "") -> None:
+        self._tokens = [t.encode("utf-8") for t in tokens if t]
+        if not self._tokens:
+            raise ValueError("at least one API token is required")
+        self.hint = hint
+
+    def check(self, request: http.Request) -> None:
+        header = request.getHeader("authorization")
+        peer = getattr(request.getClientAddress(), "host", "?")
+        how = (
+            "send the header 'Authorization: Bearer <token>' with the service's API token"
+            + (f" ({self.hint})" if self.hint else "")
+        )
+        if not header:
+            log.warn("refused a request from {peer}: no Authorization header", peer=peer)
+            raise Unauthorized(f"authentication required: {how}")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            log.warn("refused a request from {peer}: not a Bearer token", peer=peer)
+            raise Unauthorized(f"unsupported Authorization scheme: {how}")
+        candidate = presented.strip().encode("utf-8", "replace")
+        ok = False
+        for token in self._tokens:
+            ok |= hmac.compare_digest(candidate, token)
+        if not ok:
+            log.warn("refused a request from {peer}: wrong token", peer=peer)
+            raise Unauthorized(f"wrong API token: {how}")
+
+
+def _isMultipart(request: http.Request) -> bool:
+    ctype = request.getHeader("content-type") or ""
+    return ctype.lower().startswith("multipart/form-data")
+
+
+class RPCRequest(server.Request):
+    """
+    A request whose body is bounded: JSON bodies by C{site.maxBody}, uploads
+    by C{site.maxUpload}.  Twisted's own (in-memory) form parsing is off.
+    """
+
+    _parsePOSTFormSubmission = False
+    tooLarge = False
+    _received = 0
+    _limit = DEFAULT_MAX_BODY
+
+    def gotLength(self, length: int | None) -> None:
+        site = self.channel.site
+        multipart = _isMultipart(self)
+        self._limit = getattr(site, "maxUpload" if multipart else "maxBody", DEFAULT_MAX_BODY)
+        if length is not None and length > self._limit:
+            self.tooLarge = True
+            self.content = tempfile.SpooledTemporaryFile(max_size=1)
+            return
+        if not multipart and length is not None and length <= 100_000:
+            super().gotLength(length)
+        else:
+            self.content = tempfile.TemporaryFile(dir=getattr(site, "uploadDir", None))
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.tooLarge:
+            return
+        self._received += len(data)
+        if self._received > self._limit:
+            self.tooLarge = True
+            self.content.close()
+            self.content = tempfile.SpooledTemporaryFile(max_size=1)
+            return
+        super().handleContentChunk(data)
+
+
+def _accessLogFormatter(timestamp: str, request: server.Request) -> str:
+    """Access log lines without the query string, which may carry secrets."""
+    path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")
+    peer = getattr(request.getClientAddress(), "host", "-")
+    return (
+        f'{peer} - - {timestamp} "{request.method.decode("ascii", "replace")} {path} '
+        f'{request.clientproto.decode("ascii", "replace")}" {request.code} '
+        f"{request.sentLength or '-'}"
+    )
+
+
+def makeSite(
+    root: resource.IResource,
+    *,
+    maxBody: int = DEFAULT_MAX_BODY,
+    maxUpload: int = DEFAULT_MAX_UPLOAD,
+    uploadDir: str | None = None,
+) -> server.Site:
+    site = server.Site(root, logFormatter=_accessLogFormatter)
+    site.requestFactory = RPCRequest
+    site.displayTracebacks = False
+    site.maxBody = maxBody  # type: ignore[attr-defined]
+    site.maxUpload = maxUpload  # type: ignore[attr-defined]
+    site.uploadDir = uploadDir  # type: ignore[attr-defined]
+    return site
+
+
+def _arg(request: http.Request, name: bytes) -> str | None:
+    values = request.args.get(name) if request.args else None
+    if not values:
+        return None
+    return values[0].decode("utf-8", "replace")
+
+
+def _requestFromFields(fields: dict[str, str]) -> dict[str, Any]:
+    """A request object from GET query or form fields."""
+    obj: dict[str, Any] = {}
+    if "method" in fields:
+        obj["method"] = fields.pop("method")
+    if "jsonrpc" in fields:
+        obj["jsonrpc"] = fields.pop("jsonrpc")
+    if "id" in fields:
+        obj["id"] = fields.pop("id")
+    params: Any = None
+    if "params" in fields:
+        text = fields.pop("params")
+        try:
+            params = json.loads(text)
+        except ValueError as e:
+            raise ParseError(f"'params' is not valid JSON: {e}", {"param": "params"}) from None
+    if fields:
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise InvalidRequest("named fields cannot be mixed with positional 'params'")
+        for key, value in fields.items():
+            params.setdefault(key, value)
+    if params is not None:
+        obj["params"] = params
+    return obj
+
+
+class RPCResource(resource.Resource):
+    """
+    The JSON-RPC endpoint.  Serve it at the root of a L{makeSite} site (or as
+    the C{b""} child of a root with other children such as C{ui}).
+    """
+
+    isLeaf = True
+
+    def __init__(self, dispatcher: Dispatcher, auth: TokenAuth) -> None:
+        super().__init__()
+        self.dispatcher = dispatcher
+        self.auth = auth
+
+    def render(self, request: server.Request) -> int | bytes:
+        try:
+            return self._render(request)
+        except Exception:
+            error = self.dispatcher._internal(Failure())
+            return self._fail(request, error, status=500)
+
+    def _render(self, request: server.Request) -> int | bytes:
+        if request.postpath not in ([], [b""]):
+            return self._fail(
+                request, NotFound("no such resource; JSON-RPC is served at '/'"), status=404
+            )
+        if request.method not in (b"GET", b"POST", b"HEAD"):
+            request.setHeader(b"allow", b"GET, POST")
+            return self._fail(
+                request,
+                HTTPMethodNotAllowed(
+                    "use GET with ?method=...&params=... or POST with a JSON-RPC body"
+                ),
+            )
+        try:
+            self.auth.check(request)
+        except Unauthorized as e:
+            request.setHeader(b"www-authenticate", b'Bearer realm="conpaassql"')
+            return self._fail(request, e)
+        if getattr(request, "tooLarge", False):
+            limit = getattr(request, "_limit", DEFAULT_MAX_BODY)
+            return self._fail(
+                request, TooLarge(f"request body larger than the limit of {limit} bytes")
+            )
+        d = Deferred.fromCoroutine(self._answer(request))
+        d.addErrback(self._unexpected, request)
+        d.addCallback(self._write, request)
+        return NOT_DONE_YET
+
+    async def _answer(self, request: server.Request) -> tuple[int, bytes | None]:
+        uploads = None
+        if request.method in (b"GET", b"HEAD"):
+            fields = {
+                k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
+                for k, v in (request.args or {}).items()
+                if v
+            }
+            if not fields:
+                return 200, encode(self._usage())
+            payload: Any = _requestFromFields(fields)
+        elif _isMultipart(request):
+            content: BinaryIO = request.content
+            ctype = request.getHeader("content-type") or ""
+            fields, uploads = await deferToThread(parseMultipart, content, ctype)
+            payload = _requestFromFields(fields)
+            if not self.dispatcher.isUpload(str(payload.get("method"))) and uploads:
+                uploads = None
+        else:
+            request.content.seek(0)
+            body = request.content.read()
+            payload = self._decodeBody(request, body)
+        reply = await self.dispatcher.handle(payload, uploads)
+        if reply is None:
+            return 204, None
+        return 200, reply
+
+    def _decodeBody(self, request: server.Request, body: bytes) -> Any:
+        ctype = (request.getHeader("content-type") or "").lower()
+        stripped = body.lstrip()
+        if ctype.startswith("application/x-www-form-urlencoded") and stripped[:1] not in (
+            b"{",
+            b"[",
+        ):
+            try:
+                form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+            except UnicodeDecodeError:
+                raise ParseError("request body is not valid UTF-8") from None
+            return _requestFromFields({k: v[0] for k, v in form.items() if v})
+        if not stripped:
+            raise InvalidRequest(
+                "empty request body; send a JSON-RPC object such as "
+                '{"method": "list_methods", "params": {}, "id": 1}'
+            )
+        try:
+            return json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ParseError("request body is not valid UTF-8") from None
+        except RecursionError:
+            raise ParseError("request body nests too deeply") from None
+        except ValueError as e:
+            raise ParseError(f"request body is not valid JSON: {e}") from None
+
+    def _usage(self) -> dict[str, Any]:
+        return {
+            "result": None,
+            "error": {
+                "code": InvalidRequest.code,
+                "message": "JSON-RPC endpoint: GET /?method=M&id=1&params=<JSON> or POST a "
+                "JSON-RPC request; call list_methods for the methods",
+            },
+            "id": None,
+        }
+
+    def _unexpected(self, failure: Failure, request: server.Request) -> tuple[int, bytes]:
+        if failure.check(RPCError):
+            error: RPCError = failure.value
+        else:
+            error = self.dispatcher._internal(failure)
+        status = error.httpStatus if error.httpStatus != 200 else 200
+        return status, encode({"result": None, "error": error.toDict(), "id": None})
+
+    def _write(self, answer: tuple[int, bytes | None], request: server.Request) -> None:
+        status, body = answer
+        if request._disconnected or request.finished:
+            return
+        request.setResponseCode(status)
+        if body is not None:
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+            request.write(body)
+        request.finish()
+
+    def _fail(self, request: server.Request, error: RPCError, status: int | None = None) -> bytes:
+        request.setResponseCode(status or error.httpStatus)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return encode({"result": None, "error": error.toDict(), "id": None})
+
+
+__all__ = ["RPCResource", "TokenAuth", "makeSite", "RPCRequest", "InternalError"]
