@@ -18,6 +18,7 @@ from conpaassql.agent import mycnf
 from conpaassql.agent.config import (
     AgentConfig,
     ConfigError,
+    ServerSettings,
     find_binary,
     load_config,
     parse_config,
@@ -138,6 +139,18 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.server.dump, os.path.join(self.bin, "mariadb-dump"))
         self.assertEqual(config.root.username, "root")
         self.assertIsNone(config.mysql.path_mysql_ssr)
+
+    def test_with_binaries_found(self) -> None:
+        """
+        Settings built in code get their unset binaries looked up; set ones
+        are kept.
+        """
+        settings = ServerSettings(client="/opt/my/mariadb").with_binaries_found(self.bin, ())
+        self.assertEqual(settings.client, "/opt/my/mariadb")
+        self.assertEqual(settings.mysqld, os.path.join(self.bin, "mariadbd"))
+        self.assertEqual(settings.install_db, os.path.join(self.bin, "mariadb-install-db"))
+        empty = ServerSettings().with_binaries_found(os.path.join(self.dir, "nowhere"), ())
+        self.assertIsNone(empty.mysqld)
 
     def test_missing_named_file(self) -> None:
         """

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pymysql
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -145,6 +145,9 @@ class UnitTests(SynchronousTestCase):
         self.assertIsInstance(managed, ServerControl)
         self.assertEqual(managed.state, INIT)
         self.assertIsNone(managed.pid)
+        # Binaries a config built in code leaves unset are looked up.
+        self.assertEqual(managed.client_binary, find_binary(["mariadb", "mysql"]))
+        self.assertEqual(managed._settings.mysqld, find_binary(["mariadbd", "mysqld"]))
         config = AgentConfig(
             mysql=MySQLConfiguration(path_mysql_ssr="/bin/true"),
             server=ServerSettings(mode="script"),
@@ -154,6 +157,23 @@ class UnitTests(SynchronousTestCase):
         self.assertIsInstance(script, ServerControl)
         self.assertEqual(script.port, 3306)
         self.assertFalse(os.path.exists(state_dir), "constructors must not touch the disk")
+
+    def test_restart_backoff(self) -> None:
+        """
+        Automatic restarts are delayed 0.5 s, doubling up to 60 s.
+        """
+        clock = Clock()
+        server = ManagedServer(self.mktemp(), AgentConfig(), clock)
+        server._want_running = True
+        delays = []
+        for _ in range(10):
+            server._schedule_restart()
+            (call,) = clock.getDelayedCalls()
+            when: float = call.getTime()  # type: ignore[misc]
+            delays.append(when - clock.seconds())
+            server._cancel_scheduled_restart()
+        self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 32, 60, 60, 60])
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_connect_args_before_start(self) -> None:
         server = make_server(self.mktemp(), AgentConfig(), reactor)
@@ -237,8 +257,10 @@ class ManagedServerTests(TestCase):
         await _query(args, "CREATE TABLE keep.t (x INT) ENGINE=InnoDB")
         await _query(args, "INSERT INTO keep.t VALUES (%s)", (17,))
         old_pid = server.pid
+        server.max_error_log_bytes = 1
         await server.restart()
         self.assertEqual(server.state, RUNNING)
+        self.assertTrue(os.path.exists(server.error_log_path + ".1"))
         self.assertNotEqual(server.pid, old_pid)
         assert old_pid is not None
         self.assertFalse(pid_alive(old_pid))
@@ -377,7 +399,7 @@ class ManagedServerTests(TestCase):
         """
         server = await managed_server(self)
         await server.stop()
-        binary = server._config.server.mysqld
+        binary = server._settings.mysqld
         assert binary is not None
         argv = [binary, f"--defaults-file={server.mycnf_path}"]
         if os.geteuid() == 0:

@@ -44,7 +44,7 @@ import configparser
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from conpaassql.agent.mycnf import validate_host
@@ -135,7 +135,9 @@ class MySQLConfiguration:
 class ServerSettings:
     """
     C{[agent]}: how the database server is run.  Binary paths are absolute,
-    or L{None} when not found.
+    or L{None} when not found (L{parse_config} looks them up; a
+    C{ServerSettings} built in code may leave them L{None}, and
+    L{with_binaries_found} fills them in).
     """
 
     mode: Mode = "managed"
@@ -145,6 +147,28 @@ class ServerSettings:
     dump: str | None = None
     mysqld_port: int = 0
     bind_address: str = "127.0.0.1"
+
+    def with_binaries_found(
+        self, search_path: str | None = None, extra_dirs: Sequence[str] = EXTRA_BINARY_DIRS
+    ) -> ServerSettings:
+        """
+        Return a copy where every binary left L{None} is looked up by its
+        default names (see L{find_binary}); it stays L{None} if not found.
+        """
+
+        def get(key: str) -> str | None:
+            given: str | None = getattr(self, key)
+            if given is not None:
+                return given
+            return find_binary(_DEFAULT_NAMES[key], search_path, extra_dirs)
+
+        return replace(
+            self,
+            mysqld=get("mysqld"),
+            install_db=get("install_db"),
+            client=get("client"),
+            dump=get("dump"),
+        )
 
 
 @dataclass(frozen=True)

@@ -529,6 +529,8 @@ class _ServerBase(Service):
 
     def __init__(self, config: AgentConfig, reactor: _Reactor) -> None:
         self._config = config
+        #: The [agent] settings, with binaries left unset looked up.
+        self._settings = config.server.with_binaries_found()
         self._reactor = reactor
         self._state = INIT
         self._lock = DeferredLock()
@@ -538,8 +540,8 @@ class _ServerBase(Service):
         self.version: str | None = None
         self.last_error: str | None = None
         self.restarts = 0
-        self.client_binary: str | None = config.server.client
-        self.dump_binary: str | None = config.server.dump
+        self.client_binary: str | None = self._settings.client
+        self.dump_binary: str | None = self._settings.dump
         self._home = tempfile.gettempdir()
 
     # -- state
@@ -566,7 +568,7 @@ class _ServerBase(Service):
 
     def child_environment(self) -> dict[str, str]:
         return _minimal_environment(
-            [self._config.server.mysqld, self.client_binary, self.dump_binary], self._home
+            [self._settings.mysqld, self.client_binary, self.dump_binary], self._home
         )
 
     # -- helpers
@@ -613,7 +615,7 @@ class _ServerBase(Service):
         return proto
 
     async def _detect_version(self) -> None:
-        binary = self._config.server.mysqld
+        binary = self._settings.mysqld
         if binary is None or self.version is not None:
             return
         try:
@@ -712,6 +714,8 @@ class ManagedServer(_ServerBase):
     max_restart_delay = 60.0
     #: A run at least this long resets the restart backoff.
     stable_after = 60.0
+    #: At a start, an error log bigger than this is moved to error.log.1.
+    max_error_log_bytes = 10 << 20
 
     def __init__(self, state_dir: str, config: AgentConfig, reactor: _Reactor) -> None:
         super().__init__(config, reactor)
@@ -849,7 +853,7 @@ class ManagedServer(_ServerBase):
         self._read_mycnf()
 
     async def _start_process(self) -> None:
-        binary = self._config.server.mysqld
+        binary = self._settings.mysqld
         if binary is None:
             raise ServerStartError("no mariadbd or mysqld binary found")
         await self._prepare()
@@ -860,6 +864,7 @@ class ManagedServer(_ServerBase):
             fresh = True
         self._write_client_defaults()
         await self._end_orphan()
+        self._rotate_error_log()
 
         argv = [binary, f"--defaults-file={self.mycnf_path}"]
         if os.geteuid() == 0:
@@ -877,6 +882,16 @@ class ManagedServer(_ServerBase):
             raise ServerStartError(f"cannot run {binary}: {e}") from e
         self._proc = proto
         await self._wait_ready(proto, fresh)
+
+    def _rotate_error_log(self) -> None:
+        """
+        Keep one previous error log when the current one grew too big.
+        """
+        try:
+            if os.path.getsize(self.error_log_path) > self.max_error_log_bytes:
+                os.replace(self.error_log_path, self.error_log_path + ".1")
+        except FileNotFoundError:
+            pass
 
     async def _end_orphan(self) -> None:
         """
@@ -967,9 +982,9 @@ class ManagedServer(_ServerBase):
         os.makedirs(os.path.dirname(datadir), exist_ok=True)
         small = ["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M"]
         user = [f"--user={_user_name()}"] if os.geteuid() == 0 else []
-        install_db = self._config.server.install_db
+        install_db = self._settings.install_db
         if self.flavor == "mysql" or install_db is None:
-            mysqld = self._config.server.mysqld
+            mysqld = self._settings.mysqld
             assert mysqld is not None
             argv = [mysqld, "--no-defaults", "--initialize-insecure", f"--datadir={work}"]
             argv += user
@@ -1015,7 +1030,7 @@ class ManagedServer(_ServerBase):
         return password
 
     def _generate_mycnf(self) -> None:
-        port = self._config.server.mysqld_port or self._free_port()
+        port = self._settings.mysqld_port or self._free_port()
         socket_path = os.path.join(self.base_dir, "mysqld.sock")
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
             socket_path = self._new_socket_dir()
@@ -1027,7 +1042,7 @@ class ManagedServer(_ServerBase):
             ("datadir", os.path.join(self.base_dir, "data")),
             ("socket", socket_path),
             ("port", str(port)),
-            ("bind-address", self._config.server.bind_address),
+            ("bind-address", self._settings.bind_address),
             ("pid-file", self.pid_file_path),
             ("innodb_buffer_pool_size", "32M"),
             ("innodb_log_file_size", "16M"),
@@ -1047,7 +1062,7 @@ class ManagedServer(_ServerBase):
         self.port = int(port) if port.isdigit() else 3306
 
     def _free_port(self) -> int:
-        address = self._config.server.bind_address
+        address = self._settings.bind_address
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         try:
             socket.inet_pton(family, address)
@@ -1289,8 +1304,8 @@ class ScriptServer(_ServerBase):
             return {}
 
     def _configured_port(self) -> int:
-        if self._config.server.mysqld_port:
-            return self._config.server.mysqld_port
+        if self._settings.mysqld_port:
+            return self._settings.mysqld_port
         port = self._mycnf_options().get("port", "")
         return int(port) if port.isdigit() and 0 < int(port) < 65536 else 3306
 
