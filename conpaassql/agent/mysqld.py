@@ -784,8 +784,11 @@ class ManagedServer(_ServerBase):
     async def set_options(self, options: Mapping[str, object]) -> dict[str, str]:
         validated = mycnf.validate_options(options)
         async with self._lock:
-            await self._prepare()
-            previous = _read_bytes(self.mycnf_path)
+            try:
+                await self._prepare()
+                previous = _read_bytes(self.mycnf_path)
+            except OSError as e:
+                raise ServerError(f"cannot prepare {self.mycnf_path}: {e}") from e
             try:
                 written = mycnf.set_options(self.mycnf_path, validated)
             except OSError as e:
