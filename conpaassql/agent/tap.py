@@ -21,7 +21,7 @@ from conpaassql.agent.config import AgentConfig, ConfigError, load_config
 from conpaassql.agent.mysqld import ManagedServer, ScriptServer, ServerControl
 from conpaassql.common.files import read_or_create_token
 from conpaassql.rpc.dispatch import Dispatcher, Introspection
-from conpaassql.rpc.resource import RPCResource, TokenAuth, makeSite
+from conpaassql.rpc.resource import ConnectionTracker, RPCResource, TokenAuth, makeSite
 
 log = Logger()
 
@@ -76,6 +76,7 @@ class AgentService(service.MultiService):
         *,
         maxUpload: int = 64 * 1024**3,
         reactor: Any = None,
+        onShutdown: Any = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -92,6 +93,8 @@ class AgentService(service.MultiService):
         self.api: AgentAPI | None = None
         self.port: Any = None
         self.listening: Deferred[Any] = Deferred()
+        self._connections: ConnectionTracker | None = None
+        self._onShutdown = onShutdown
 
     def startService(self) -> None:
         os.makedirs(self.stateDir, mode=0o700, exist_ok=True)
@@ -118,8 +121,9 @@ class AgentService(service.MultiService):
             maxUpload=self.maxUpload,
             uploadDir=uploads,
         )
+        self._connections = ConnectionTracker(site)
         super().startService()
-        d = endpoints.serverFromString(self.reactor, self.listen).listen(site)
+        d = endpoints.serverFromString(self.reactor, self.listen).listen(self._connections)
         d.addCallbacks(self._listening, self._listenFailed)
 
     def _listening(self, port: Any) -> None:
@@ -137,7 +141,9 @@ class AgentService(service.MultiService):
         self._stopAgent()
 
     def _stopAgent(self) -> None:
-        if self.reactor.running:
+        if self._onShutdown is not None:
+            self._onShutdown()
+        elif self.reactor.running:
             self.reactor.stop()
 
     def stopService(self) -> Deferred[None]:
@@ -145,6 +151,9 @@ class AgentService(service.MultiService):
             self.api.closeDatabase()
         d = succeed(None) if self.port is None else self.port.stopListening()
         self.port = None
+        connections = self._connections
+        if connections is not None:
+            d.addCallback(lambda _: connections.closeConnections(self.reactor))
         d.addCallback(lambda _: super(AgentService, self).stopService())
         return d
 

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from twisted.web.server import NOT_DONE_YET
@@ -147,6 +148,63 @@ def makeSite(
     site.maxUpload = maxUpload  # type: ignore[attr-defined]
     site.uploadDir = uploadDir  # type: ignore[attr-defined]
     return site
+
+
+class ConnectionTracker(WrappingFactory):
+    """
+    Wraps a server factory (a L{makeSite} site) to know its open
+    connections, so that a service can close them when it stops: stopping
+    to listen leaves accepted connections (idle keep-alive ones included)
+    open, with the HTTP channel's timeout pending.
+
+    Listen on the tracker instead of the site::
+
+        tracker = ConnectionTracker(site)
+        port = await endpoint.listen(tracker)
+        ...
+        await port.stopListening()
+        await tracker.closeConnections(reactor)
+    """
+
+    def __init__(self, wrappedFactory: Any) -> None:
+        super().__init__(wrappedFactory)
+        self._lost: dict[ProtocolWrapper, Deferred[None]] = {}
+
+    def registerProtocol(self, p: ProtocolWrapper) -> None:
+        super().registerProtocol(p)
+        self._lost[p] = Deferred()
+
+    def unregisterProtocol(self, p: ProtocolWrapper) -> None:
+        super().unregisterProtocol(p)
+        lost = self._lost.pop(p, None)
+        if lost is not None:
+            lost.callback(None)
+
+    def closeConnections(self, reactor: Any, grace: float = 5.0) -> Deferred[None]:
+        """
+        Close every open connection: pending output is flushed first, and a
+        connection still open after C{grace} seconds is aborted.
+
+        @return: a Deferred firing with L{None} once every connection is
+            gone.  It does not fail.
+        """
+        waiting = list(self._lost.values())
+        for p in list(self._lost):
+            p.transport.loseConnection()
+
+        def abort() -> None:
+            for p in list(self._lost):
+                p.transport.abortConnection()
+
+        timer = reactor.callLater(grace, abort) if waiting else None
+        d: Deferred[Any] = DeferredList(waiting)
+
+        def done(_: Any) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
+
+        d.addCallback(done)
+        return d
 
 
 def _arg(request: http.Request, name: bytes) -> str | None:
@@ -323,4 +381,4 @@ class RPCResource(resource.Resource):
         return encode({"result": None, "error": error.toDict(), "id": None})
 
 
-__all__ = ["RPCResource", "TokenAuth", "makeSite", "RPCRequest", "InternalError"]
+__all__ = ["ConnectionTracker", "RPCResource", "TokenAuth", "makeSite", "RPCRequest", "InternalError"]
