@@ -14,6 +14,7 @@ anything else is looked at, and gets exactly one reply.
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import tempfile
 from collections.abc import Sequence
@@ -90,11 +91,13 @@ def _isMultipart(request: http.Request) -> bool:
 class RPCRequest(server.Request):
     """
     A request whose body is bounded: JSON bodies by C{site.maxBody}, uploads
-    by C{site.maxUpload}.  Twisted's own (in-memory) form parsing is off.
+    by C{site.maxUpload}.  Twisted's own form parsing is off: it reads a
+    multipart body whole into memory (several times over) to fill
+    C{request.args}; L{RPCResource} parses the body itself, from disk.
     """
 
-    _parsePOSTFormSubmission = False
     tooLarge = False
+    _body: Any = None
     _received = 0
     _limit = DEFAULT_MAX_BODY
 
@@ -110,6 +113,21 @@ class RPCRequest(server.Request):
             super().gotLength(length)
         else:
             self.content = tempfile.TemporaryFile(dir=getattr(site, "uploadDir", None))
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # http.Request.requestReceived parses form bodies (whatever the Site's
+        # parsePOSTFormSubmission, which older Twisted versions lack) when the
+        # body is not empty: show it an empty one, and restore the real one
+        # before the resource sees the request (in process()).
+        self._body = self.content
+        self.content = io.BytesIO()
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        if self._body is not None:
+            self.content, self._body = self._body, None
+            self.content.seek(0)
+        super().process()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.tooLarge:
