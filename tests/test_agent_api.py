@@ -117,8 +117,10 @@ class AgentAPITests(TestCase):
         self.assertEqual(state["port"], int(agent.url.rsplit(":", 1)[1].strip("/")))
         self.assertIsInstance(state["mysqld_port"], int)
         self.assertNotEqual(state["mysqld_port"], 3306)
-        rows = await _rootQuery(agent, "SELECT @@port")
+        rows = await _rootQuery(agent, "SELECT @@port, @@tmpdir")
         self.assertEqual(rows[0][0], state["mysqld_port"])
+        # A private temporary directory, not the shared /tmp.
+        self.assertEqual(rows[0][1], os.path.join(agent.service.stateDir, "mysql", "tmp"))
         token = os.stat(os.path.join(agent.service.stateDir, "api-token"))
         self.assertEqual(stat.S_IMODE(token.st_mode), 0o600)
 

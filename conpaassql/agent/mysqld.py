@@ -726,6 +726,9 @@ class ManagedServer(_ServerBase):
         self.error_log_path = os.path.join(self.base_dir, "error.log")
         self.pid_file_path = os.path.join(self.base_dir, "mysqld.pid")
         self.datadir = os.path.join(self.base_dir, "data")
+        #: The server's own temporary directory: a shared /tmp lets other
+        #: processes remove its temporary tables (seen during bootstraps).
+        self.tmp_dir = os.path.join(self.base_dir, "tmp")
         self.socket_path: str | None = None
         self._home = self.base_dir
         self._password: str | None = None
@@ -848,6 +851,7 @@ class ManagedServer(_ServerBase):
         exist.
         """
         os.makedirs(self.base_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
         await self._detect_version()
         if self._password is None:
             self._password = self._load_or_create_password()
@@ -989,7 +993,8 @@ class ManagedServer(_ServerBase):
         if self.flavor == "mysql" or install_db is None:
             mysqld = self._settings.mysqld
             assert mysqld is not None
-            argv = [mysqld, "--no-defaults", "--initialize-insecure", f"--datadir={work}"]
+            argv = [mysqld, "--no-defaults", "--initialize-insecure", f"--datadir={work}",
+                    f"--tmpdir={self.tmp_dir}"]
             argv += user
         else:
             argv = [
@@ -998,6 +1003,7 @@ class ManagedServer(_ServerBase):
                 f"--datadir={work}",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
+                f"--tmpdir={self.tmp_dir}",
                 *user,
                 *small,
             ]
@@ -1047,6 +1053,7 @@ class ManagedServer(_ServerBase):
             ("port", str(port)),
             ("bind-address", self._settings.bind_address),
             ("pid-file", self.pid_file_path),
+            ("tmpdir", self.tmp_dir),
             ("innodb_buffer_pool_size", "32M"),
             ("innodb_log_file_size", "16M"),
         ]
