@@ -114,7 +114,8 @@ class RPCClient:
         headers[b"content-type"] = [b"application/json"]
         return await self._request(
             lambda: self._http.post(
-                self.url, data=body, headers=headers, timeout=timeout or self.timeout
+                self.url, data=body, headers=headers, timeout=timeout or self.timeout,
+                reactor=self._reactor,
             ),
             method,
         )
@@ -144,7 +145,8 @@ class RPCClient:
             parts[field] = (filename, "application/octet-stream", wrapped)
         return await self._request(
             lambda: self._http.post(
-                self.url, data=data, files=parts, headers=self._headers(), timeout=timeout
+                self.url, data=data, files=parts, headers=self._headers(), timeout=timeout,
+                reactor=self._reactor,
             ),
             method,
         )
@@ -158,6 +160,10 @@ class RPCClient:
         except (ConnectError, ConnectingCancelledError) as e:
             raise TransportError(f"{method}: cannot connect to {self.url}: {e}") from None
         except ResponseFailed as e:
+            # treq's timeout cancels the request; once it is sent, the
+            # cancellation comes back wrapped in ResponseFailed.
+            if any(r.check(CancelledError, TimeoutError) for r in e.reasons):
+                raise TransportError(f"{method}: no reply from {self.url} in time") from None
             raise TransportError(f"{method}: connection to {self.url} failed: {e}") from None
         if response.code == 204:
             return None
