@@ -79,6 +79,7 @@ class GetTests(HTTPTestCase):
         self.assertEqual(code, 200)
         self.assertEqual(body["error"]["code"], -32700)
         self.assertEqual(body["error"]["data"], {"param": "params"})
+        self.assertEqual(body["id"], "1")
 
     def test_no_query(self) -> None:
         """A bare GET (authenticated) says how to use the endpoint."""

@@ -234,6 +234,7 @@ def _arg(request: http.Request, name: bytes) -> str | None:
 
 def _requestFromFields(fields: dict[str, str]) -> dict[str, Any]:
     """A request object from GET query or form fields."""
+    fields = dict(fields)
     obj: dict[str, Any] = {}
     if "method" in fields:
         obj["method"] = fields.pop("method")
@@ -310,6 +311,7 @@ class RPCResource(resource.Resource):
 
     async def _answer(self, request: server.Request) -> tuple[int, bytes | None]:
         uploads = None
+        fields: dict[str, str] | None = None
         if request.method in (b"GET", b"HEAD"):
             fields = {
                 k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
@@ -318,35 +320,45 @@ class RPCResource(resource.Resource):
             }
             if not fields:
                 return 200, encode(self._usage())
-            payload: Any = _requestFromFields(fields)
         elif _isMultipart(request):
             content: BinaryIO = request.content
             ctype = request.getHeader("content-type") or ""
             fields, uploads = await deferToThread(parseMultipart, content, ctype)
-            payload = _requestFromFields(fields)
-            if not self.dispatcher.isUpload(str(payload.get("method"))) and uploads:
+            if not self.dispatcher.isUpload(str(fields.get("method"))) and uploads:
                 uploads = None
         else:
             request.content.seek(0)
             body = request.content.read()
-            payload = self._decodeBody(request, body)
+            fields = self._formFields(request, body)
+            if fields is None:
+                payload: Any = self._decodeBody(body)
+        if fields is not None:
+            try:
+                payload = _requestFromFields(fields)
+            except RPCError as e:
+                # The id and envelope are known even when 'params' is not JSON.
+                return 200, self.dispatcher.errorReply(e, fields)
         reply = await self.dispatcher.handle(payload, uploads)
         if reply is None:
             return 204, None
         return 200, reply
 
-    def _decodeBody(self, request: server.Request, body: bytes) -> Any:
+    def _formFields(self, request: server.Request, body: bytes) -> dict[str, str] | None:
+        """The fields of a form-urlencoded body, or None for a JSON body."""
         ctype = (request.getHeader("content-type") or "").lower()
-        stripped = body.lstrip()
-        if ctype.startswith("application/x-www-form-urlencoded") and stripped[:1] not in (
+        if not ctype.startswith("application/x-www-form-urlencoded") or body.lstrip()[:1] in (
             b"{",
             b"[",
         ):
-            try:
-                form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-            except UnicodeDecodeError:
-                raise ParseError("request body is not valid UTF-8") from None
-            return _requestFromFields({k: v[0] for k, v in form.items() if v})
+            return None
+        try:
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise ParseError("request body is not valid UTF-8") from None
+        return {k: v[0] for k, v in form.items() if v}
+
+    def _decodeBody(self, body: bytes) -> Any:
+        stripped = body.lstrip()
         if not stripped:
             raise InvalidRequest(
                 "empty request body; send a JSON-RPC object such as "
