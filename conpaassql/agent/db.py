@@ -30,6 +30,10 @@ PROTECTED_USERS = frozenset({"root", "mariadb.sys", "mysql.sys", "mysql.session"
                              "mysql.infoschema", "PUBLIC"})
 PROTECTED_PREFIX = "conpaassql_"
 
+#: The server's own schemas: privileges on them (write access to the grant
+#: tables in C{mysql}) would let a user make itself root.
+SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+
 #: Privileges a user may be given on a database (never GRANT OPTION unless asked).
 PRIVILEGES = (
     "ALL PRIVILEGES", "SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP",
@@ -141,6 +145,12 @@ class Database:
         checkUser(username, host)
         targets = []
         for db in databases:
+            if db.lower() in SYSTEM_SCHEMAS:
+                raise InvalidParams(
+                    f"{db!r} is one of the server's own databases; privileges on it are "
+                    "not given through this call",
+                    "databases",
+                )
             targets.append("*.*" if db == "*" else f"{quoteIdentifier(db)}.*")
         for p in privileges:
             if p not in PRIVILEGES:
