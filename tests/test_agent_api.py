@@ -10,11 +10,9 @@ import os
 import stat
 from typing import Any
 
-import pymysql
 import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from conpaassql.rpc.errors import (
@@ -26,7 +24,7 @@ from conpaassql.rpc.errors import (
     OperationFailed,
     WrongState,
 )
-from tests.support.agent import RunningAgent, startAgent
+from tests.support.agent import canLogin, rootQuery, startAgent
 
 HOSTILE = "x'; DROP USER root; --"
 
@@ -59,40 +57,6 @@ CALL add_order(4, 500.00);
 """
 
 
-def _connect(agent: RunningAgent, port: int, user: str, password: str,
-             database: str | None = None) -> Any:
-    return pymysql.connect(host="127.0.0.1", port=port, user=user, password=password,
-                           database=database, connect_timeout=5)
-
-
-async def _rootQuery(agent: RunningAgent, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
-    connectArgs = agent.service.server.connect_args()
-
-    def run() -> list[tuple[Any, ...]]:
-        conn = pymysql.connect(**connectArgs)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
-
-    return await deferToThread(run)
-
-
-async def _canLogin(agent: RunningAgent, user: str, password: str) -> bool:
-    port = (await agent.state())["mysqld_port"]
-
-    def run() -> bool:
-        try:
-            _connect(agent, port, user, password).close()
-            return True
-        except pymysql.err.OperationalError:
-            return False
-
-    return await deferToThread(run)
-
-
 class AgentAPITests(TestCase):
     timeout = 180
 
@@ -117,7 +81,7 @@ class AgentAPITests(TestCase):
         self.assertEqual(state["port"], int(agent.url.rsplit(":", 1)[1].strip("/")))
         self.assertIsInstance(state["mysqld_port"], int)
         self.assertNotEqual(state["mysqld_port"], 3306)
-        rows = await _rootQuery(agent, "SELECT @@port, @@tmpdir")
+        rows = await rootQuery(agent, "SELECT @@port, @@tmpdir")
         self.assertEqual(rows[0][0], state["mysqld_port"])
         # A private temporary directory, not the shared /tmp.
         self.assertEqual(rows[0][1], os.path.join(agent.service.stateDir, "mysql", "tmp"))
@@ -136,7 +100,7 @@ class AgentAPITests(TestCase):
         body = json.loads(await treq.content(response))
         self.assertEqual(body["error"]["code"], -32001)
         self.assertIn("Bearer", body["error"]["message"])
-        rows = await _rootQuery(agent, "SELECT COUNT(*) FROM mysql.user WHERE User='root'")
+        rows = await rootQuery(agent, "SELECT COUNT(*) FROM mysql.user WHERE User='root'")
         self.assertGreater(rows[0][0], 0)
 
     async def test_users(self) -> None:
@@ -146,13 +110,13 @@ class AgentAPITests(TestCase):
         refused; hostile passwords are only values.
         """
         agent = await startAgent(self)
-        await _rootQuery(agent, "CREATE DATABASE shop")
+        await rootQuery(agent, "CREATE DATABASE shop")
         result = (await agent.call("configure_user", {
             "username": "app", "password": HOSTILE, "databases": ["shop"]}))
         self.assertEqual(result["return"], "OK")
         self.assertTrue(result["created"])
-        self.assertTrue(await _canLogin(agent, "app", HOSTILE))
-        grants = await _rootQuery(agent, "SHOW GRANTS FOR 'app'@'%'")
+        self.assertTrue(await canLogin(agent, "app", HOSTILE))
+        grants = await rootQuery(agent, "SHOW GRANTS FOR 'app'@'%'")
         text = " ".join(g[0] for g in grants)
         self.assertIn("ON `shop`.*", text)
         self.assertNotIn("GRANT OPTION", text)
@@ -160,8 +124,8 @@ class AgentAPITests(TestCase):
 
         result = await agent.call("configure_user", {"username": "app", "password": "new-pw"})
         self.assertFalse(result["created"])
-        self.assertFalse(await _canLogin(agent, "app", HOSTILE))
-        self.assertTrue(await _canLogin(agent, "app", "new-pw"))
+        self.assertFalse(await canLogin(agent, "app", HOSTILE))
+        self.assertTrue(await canLogin(agent, "app", "new-pw"))
 
         users = (await agent.call("get_all_users"))["return"]
         self.assertIn({"username": "app", "location": "%", "managed": False}, users)
@@ -182,11 +146,11 @@ class AgentAPITests(TestCase):
         with self.assertRaises(InvalidParams) as cm:
             await agent.call("configure_user", {"username": "u", "password": 5})
         self.assertEqual(cm.exception.data, {"param": "password"})
-        rows = await _rootQuery(agent, "SELECT COUNT(*) FROM mysql.user WHERE User='root'")
+        rows = await rootQuery(agent, "SELECT COUNT(*) FROM mysql.user WHERE User='root'")
         self.assertGreater(rows[0][0], 0)
 
         self.assertEqual((await agent.call("delete_user", {"username": "app"}))["hosts"], ["%"])
-        self.assertFalse(await _canLogin(agent, "app", "new-pw"))
+        self.assertFalse(await canLogin(agent, "app", "new-pw"))
         with self.assertRaises(NotFound):
             await agent.call("delete_user", {"username": "app"})
 
@@ -204,16 +168,16 @@ class AgentAPITests(TestCase):
                                                {"mysqldump": ("dump.sql", f)})
         self.assertEqual(result["return"], "OK")
         self.assertEqual(result["bytes"], len(ROUTINES_DUMP))
-        self.assertEqual(await _rootQuery(agent, "SELECT COUNT(*) FROM shop.orders"), [(4,)])
-        self.assertEqual(await _rootQuery(agent, "SELECT COUNT(*) FROM shop.audit"), [(4,)])
-        self.assertEqual(await _rootQuery(agent, "SELECT shop.order_count()"), [(4,)])
+        self.assertEqual(await rootQuery(agent, "SELECT COUNT(*) FROM shop.orders"), [(4,)])
+        self.assertEqual(await rootQuery(agent, "SELECT COUNT(*) FROM shop.audit"), [(4,)])
+        self.assertEqual(await rootQuery(agent, "SELECT shop.order_count()"), [(4,)])
         self.assertEqual(
-            await _rootQuery(agent, "SELECT note FROM shop.orders WHERE id IN (1, 2, 3, 4) "
+            await rootQuery(agent, "SELECT note FROM shop.orders WHERE id IN (1, 2, 3, 4) "
                                     "ORDER BY id"),
             [("it's quoted",), ("back\\slash",), ("line\nbreak",),
              ("via procedure; with ;; semicolons",)],
         )
-        self.assertEqual(await _rootQuery(agent, "SELECT id FROM shop.big_orders ORDER BY id"),
+        self.assertEqual(await rootQuery(agent, "SELECT id FROM shop.big_orders ORDER BY id"),
                          [(2,), (4,)])
         state = await agent.state()
         self.assertEqual(state["last_load"]["state"], "DONE")
@@ -235,7 +199,7 @@ class AgentAPITests(TestCase):
         self.assertEqual(cm.exception.data["line"], 4)
         self.assertEqual(cm.exception.data["errno"], 1146)
         self.assertIn("nope", cm.exception.message)
-        self.assertEqual(await _rootQuery(agent, "SELECT a FROM d1.t"), [(1,)])
+        self.assertEqual(await rootQuery(agent, "SELECT a FROM d1.t"), [(1,)])
         with self.assertRaises(InvalidParams) as cm2:
             await agent.call("create_with_MySQLdump", {})
         self.assertEqual(cm2.exception.data, {"param": "mysqldump"})
@@ -284,14 +248,14 @@ class AgentAPITests(TestCase):
         loaded = [s["bytes_loaded"] for s in seen]
         self.assertEqual(loaded, sorted(loaded))
         self.assertEqual(len(conflicts), 1)
-        self.assertEqual(await _rootQuery(agent, "SELECT COUNT(*) FROM big.t"), [(rows,)])
+        self.assertEqual(await rootQuery(agent, "SELECT COUNT(*) FROM big.t"), [(rows,)])
 
     async def test_performance(self) -> None:
         """get_performance reports real, growing counters."""
         agent = await startAgent(self)
         first = (await agent.call("get_performance"))["return"]
         for _ in range(5):
-            await _rootQuery(agent, "SELECT 1")
+            await rootQuery(agent, "SELECT 1")
         second = (await agent.call("get_performance"))["return"]
         self.assertGreater(second["timestamp"], first["timestamp"])
         self.assertGreaterEqual(second["status"]["Questions"] - first["status"]["Questions"], 5)
@@ -307,7 +271,7 @@ class AgentAPITests(TestCase):
         result = await agent.call("set_server_configuration",
                                   {"id_param": "max_connections", "value": "77"})
         self.assertEqual(result["return"], "OK")
-        self.assertEqual(await _rootQuery(agent, "SELECT @@max_connections"), [(77,)])
+        self.assertEqual(await rootQuery(agent, "SELECT @@max_connections"), [(77,)])
         with self.assertRaises(InvalidParams):
             await agent.call("set_server_configuration",
                              {"id_param": "init_file", "value": "/etc/shadow"})
@@ -322,7 +286,7 @@ class AgentAPITests(TestCase):
     async def test_stop_start_restart(self) -> None:
         """The server can be stopped, started and restarted; data survives."""
         agent = await startAgent(self)
-        await _rootQuery(agent, "CREATE DATABASE keep")
+        await rootQuery(agent, "CREATE DATABASE keep")
         self.assertEqual((await agent.call("stop_server"))["state"], "STOPPED")
         state = await agent.state()
         self.assertFalse(state["isRunningMySQL"])
@@ -330,7 +294,7 @@ class AgentAPITests(TestCase):
             await agent.call("get_all_users")
         self.assertEqual((await agent.call("start_server"))["state"], "RUNNING")
         self.assertEqual((await agent.call("restart_server"))["state"], "RUNNING")
-        rows = await _rootQuery(agent, "SHOW DATABASES LIKE 'keep'")
+        rows = await rootQuery(agent, "SHOW DATABASES LIKE 'keep'")
         self.assertEqual(rows, [("keep",)])
         self.assertEqual((await agent.call("create_server"))["state"], "RUNNING")
 
@@ -347,14 +311,14 @@ class AgentAPITests(TestCase):
         # A statement the server itself refuses: with a password policy
         # installed, a weak password (MariaDB grants on databases that do not
         # exist yet, so a grant is no way to provoke a refusal).
-        await _rootQuery(agent, "INSTALL SONAME 'simple_password_check'")
+        await rootQuery(agent, "INSTALL SONAME 'simple_password_check'")
         with self.assertRaises(MySQLError) as cm2:
             await agent.call("configure_user", {"username": "u", "password": "p",
                                                 "databases": ["nodb"],
                                                 "privileges": ["EXECUTE"]})
         self.assertEqual(cm2.exception.data, {"errno": 1819})
         self.assertIn("policy", cm2.exception.message)
-        rows = await _rootQuery(agent, "SELECT COUNT(*) FROM mysql.user WHERE User='u'")
+        rows = await rootQuery(agent, "SELECT COUNT(*) FROM mysql.user WHERE User='u'")
         self.assertEqual(rows, [(0,)])
 
     async def test_shutdown(self) -> None:

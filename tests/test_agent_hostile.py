@@ -11,12 +11,10 @@ import os
 import re
 from typing import Any
 
-import pymysql
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from conpaassql.rpc.errors import InvalidParams, MethodNotFound, OperationFailed
-from tests.support.agent import RunningAgent, startAgent
+from tests.support.agent import RunningAgent, canLogin, rootQuery, startAgent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,49 +42,17 @@ HOSTILE_DATABASES = [
 ]
 
 
-async def _root(agent: RunningAgent, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
-    """Run one statement as root, straight on the server (not through the agent)."""
-    connectArgs = agent.service.server.connect_args()
-
-    def run() -> list[tuple[Any, ...]]:
-        conn = pymysql.connect(**connectArgs)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
-
-    return await deferToThread(run)
-
-
 async def _snapshot(agent: RunningAgent) -> dict[str, Any]:
     """What an injection would change: accounts, their grants, databases."""
-    users = await _root(agent, "SELECT User, Host FROM mysql.user ORDER BY User, Host")
+    users = await rootQuery(agent, "SELECT User, Host FROM mysql.user ORDER BY User, Host")
     grants = {}
     for user, host in users:
         if user in ("mariadb.sys", "PUBLIC"):
             continue
-        rows = await _root(agent, "SHOW GRANTS FOR %s@%s", (user, host))
+        rows = await rootQuery(agent, "SHOW GRANTS FOR %s@%s", (user, host))
         grants[f"{user}@{host}"] = sorted(r[0] for r in rows)
-    databases = await _root(agent, "SHOW DATABASES")
+    databases = await rootQuery(agent, "SHOW DATABASES")
     return {"users": users, "grants": grants, "databases": sorted(databases)}
-
-
-async def _loginWorks(agent: RunningAgent, user: str, password: str) -> bool:
-    port = agent.service.server.port
-
-    def run() -> bool:
-        try:
-            # The server hashes the password's UTF-8 bytes (PyMySQL would
-            # encode a str password as Latin-1).
-            pymysql.connect(host="127.0.0.1", port=port, user=user,
-                            password=password.encode("utf-8"), connect_timeout=10).close()
-            return True
-        except pymysql.err.OperationalError:
-            return False
-
-    return await deferToThread(run)
 
 
 class HostileInputTests(TestCase):
@@ -139,8 +105,8 @@ class HostileInputTests(TestCase):
             user = f"odd{n}"
             result = await agent.call("configure_user", {"username": user, "password": password})
             self.assertTrue(result["created"])
-            self.assertTrue(await _loginWorks(agent, user, password), repr(password))
-            self.assertFalse(await _loginWorks(agent, user, password + "x"))
+            self.assertTrue(await canLogin(agent, user, password), repr(password))
+            self.assertFalse(await canLogin(agent, user, password + "x"))
         for password in BAD_PASSWORDS:
             await self.assertRefused(agent, "configure_user",
                                      {"username": "bad", "password": password}, "password")
@@ -151,7 +117,7 @@ class HostileInputTests(TestCase):
             self.assertEqual(after["grants"][account][1:], [], account)
             self.assertNotIn("GRANT OPTION", after["grants"][account][0])
         self.assertEqual(after["databases"], before["databases"])
-        self.assertEqual(await _root(agent, "SELECT CURRENT_USER()"), [("root@localhost",)])
+        self.assertEqual(await rootQuery(agent, "SELECT CURRENT_USER()"), [("root@localhost",)])
 
     async def test_malformed_calls(self) -> None:
         """
@@ -229,7 +195,7 @@ class HostileInputTests(TestCase):
         reply = json.loads(await response.content())
         self.assertEqual((reply["id"], reply["error"]["code"]), ("1", -32602))
         self.assertGreater(
-            (await _root(agent, "SELECT COUNT(*) FROM mysql.user WHERE User='root'"))[0][0], 0)
+            (await rootQuery(agent, "SELECT COUNT(*) FROM mysql.user WHERE User='root'"))[0][0], 0)
 
 
 DUMP = b"""\
@@ -279,31 +245,26 @@ class DumpTests(TestCase):
         trigger for each row).
         """
         agent = await startAgent(self)
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(DUMP)
-        with open(path, "rb") as f:
-            result = await agent.client.upload("create_with_MySQLdump", {},
-                                               {"mysqldump": ("shop.sql", f)})
+        result = await agent.loadDump(DUMP)
         self.assertEqual(result["bytes"], len(DUMP))
         self.assertEqual(
-            await _root(agent, "SELECT TRIGGER_NAME, EVENT_MANIPULATION, ACTION_TIMING "
+            await rootQuery(agent, "SELECT TRIGGER_NAME, EVENT_MANIPULATION, ACTION_TIMING "
                                "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA='shop'"),
             [("items_bu", "UPDATE", "BEFORE")])
         self.assertEqual(
-            await _root(agent, "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES"
+            await rootQuery(agent, "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES"
                                " WHERE ROUTINE_SCHEMA='shop' ORDER BY ROUTINE_NAME"),
             [("discount", "PROCEDURE"), ("total", "FUNCTION")])
         self.assertEqual(
-            await _root(agent, "SELECT TABLE_NAME FROM information_schema.VIEWS "
+            await rootQuery(agent, "SELECT TABLE_NAME FROM information_schema.VIEWS "
                                "WHERE TABLE_SCHEMA='shop'"), [("cheap",)])
-        self.assertEqual(await _root(agent, "SELECT id, price, name FROM shop.items ORDER BY id"),
+        self.assertEqual(await rootQuery(agent, "SELECT id, price, name FROM shop.items ORDER BY id"),
                          [(1, pytest_decimal("8.99"), "pen; ink"),
                           (2, pytest_decimal("108.00"), "lamp -- desk"),
                           (3, pytest_decimal("40.95"), "mug /* tea */")])
-        self.assertEqual(len(await _root(agent, "SELECT * FROM shop.price_log")), 3)
-        self.assertEqual(await _root(agent, "SELECT shop.total()"), [(pytest_decimal("157.94"),)])
-        self.assertEqual(await _root(agent, "SELECT id FROM shop.cheap ORDER BY id"), [(1,), (3,)])
+        self.assertEqual(len(await rootQuery(agent, "SELECT * FROM shop.price_log")), 3)
+        self.assertEqual(await rootQuery(agent, "SELECT shop.total()"), [(pytest_decimal("157.94"),)])
+        self.assertEqual(await rootQuery(agent, "SELECT id FROM shop.cheap ORDER BY id"), [(1,), (3,)])
 
     async def test_failure_in_a_block(self) -> None:
         """
@@ -325,17 +286,14 @@ class DumpTests(TestCase):
                 b"END ;;\n"
                 b"DELIMITER ;\n"
                 b"INSERT INTO d.t VALUES (1);\n")
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(dump)
-        with open(path, "rb") as f, self.assertRaises(OperationFailed) as cm:
-            await agent.client.upload("create_with_MySQLdump", {}, {"mysqldump": ("d.sql", f)})
+        with self.assertRaises(OperationFailed) as cm:
+            await agent.loadDump(dump)
         error = cm.exception
         self.assertEqual(error.data["errno"], 1304)
         self.assertEqual(error.data["line"], 8)
         self.assertRegex(error.message, r"line 8.*PROCEDURE.*p.*already exists")
-        self.assertEqual(await _root(agent, "SELECT COUNT(*) FROM d.t"), [(0,)])
-        self.assertEqual(await _root(agent, "SELECT ROUTINE_NAME FROM information_schema.ROUTINES"
+        self.assertEqual(await rootQuery(agent, "SELECT COUNT(*) FROM d.t"), [(0,)])
+        self.assertEqual(await rootQuery(agent, "SELECT ROUTINE_NAME FROM information_schema.ROUTINES"
                                             " WHERE ROUTINE_SCHEMA='d'"), [("p",)])
         state = await agent.state()
         self.assertEqual(state["last_load"]["state"], "FAILED")
@@ -347,20 +305,15 @@ class DumpTests(TestCase):
         dump; a hostile one is refused before anything runs.
         """
         agent = await startAgent(self)
-        await _root(agent, "CREATE DATABASE target")
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(b"CREATE TABLE t (a INT);\nINSERT INTO t VALUES (7);\n")
+        await rootQuery(agent, "CREATE DATABASE target")
+        dump = b"CREATE TABLE t (a INT);\nINSERT INTO t VALUES (7);\n"
         for database in ("x`y", "--execute=DROP DATABASE target", "t;", "a b"):
-            with open(path, "rb") as f, self.assertRaises(InvalidParams) as cm:
-                await agent.client.upload("send_mysqldump", {"database": database},
-                                          {"mysqldump": ("t.sql", f)})
+            with self.assertRaises(InvalidParams) as cm:
+                await agent.loadDump(dump, {"database": database}, "send_mysqldump")
             self.assertEqual(cm.exception.data, {"param": "database"})
-        self.assertEqual(await _root(agent, "SHOW TABLES IN target"), [])
-        with open(path, "rb") as f:
-            await agent.client.upload("send_mysqldump", {"database": "target"},
-                                      {"mysqldump": ("t.sql", f)})
-        self.assertEqual(await _root(agent, "SELECT a FROM target.t"), [(7,)])
+        self.assertEqual(await rootQuery(agent, "SHOW TABLES IN target"), [])
+        await agent.loadDump(dump, {"database": "target"}, "send_mysqldump")
+        self.assertEqual(await rootQuery(agent, "SELECT a FROM target.t"), [(7,)])
 
 
 class EveryMethodTests(TestCase):

@@ -66,6 +66,18 @@ def _isNotification(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("jsonrpc") == "2.0" and "id" not in obj
 
 
+def _http(method: str, url: str, **kwargs: Any) -> tuple[int, bytes]:
+    """One request through StubTreq to a fresh resource: its status and body."""
+    stub = StubTreq(makeResource())
+    d = stub.request(method, url, headers=AUTH, **kwargs)
+    stub.flush()
+    results: list[Any] = []
+    d.addCallback(lambda response: stub.content(response).addCallback(
+        lambda content: results.append((response.code, content))))
+    code, content = results[0]
+    return code, content
+
+
 class EnvelopeProperties(SynchronousTestCase):
     def assertWellFormed(self, request: Any, reply: Any) -> None:
         """C{reply} is the one well-formed reply due to C{request}."""
@@ -120,14 +132,10 @@ class EnvelopeProperties(SynchronousTestCase):
     @given(payloads)
     def test_http_any_json(self, payload: Any) -> None:
         """Over HTTP too: 200 with JSON, or 204 with nothing; never a 500."""
-        stub = StubTreq(makeResource())
-        d = stub.post("http://a.example/", data=json.dumps(payload).encode(), headers=AUTH)
-        stub.flush()
-        response = self.successResultOf(d)
-        content = self.successResultOf(stub.content(response))
+        code, content = _http("POST", "http://a.example/", data=json.dumps(payload).encode())
         self.flushLoggedErrors()
-        self.assertIn(response.code, (200, 204))
-        if response.code == 204:
+        self.assertIn(code, (200, 204))
+        if code == 204:
             self.assertEqual(content, b"")
         else:
             json.loads(content)
@@ -135,14 +143,10 @@ class EnvelopeProperties(SynchronousTestCase):
     @given(st.binary(max_size=200))
     def test_http_any_bytes(self, body: bytes) -> None:
         """Any body bytes: one JSON reply, never a 500."""
-        stub = StubTreq(makeResource())
-        d = stub.post("http://a.example/", data=body, headers=AUTH)
-        stub.flush()
-        response = self.successResultOf(d)
-        content = self.successResultOf(stub.content(response))
+        code, content = _http("POST", "http://a.example/", data=body)
         self.flushLoggedErrors()
-        self.assertIn(response.code, (200, 204))
-        if response.code == 200:
+        self.assertIn(code, (200, 204))
+        if code == 200:
             reply = json.loads(content)
             if isinstance(reply, dict) and reply.get("error"):
                 self.assertIn(reply["error"]["code"], CODES)
@@ -151,14 +155,10 @@ class EnvelopeProperties(SynchronousTestCase):
                            st.text(max_size=20), max_size=5))
     def test_http_any_query(self, fields: dict[str, str]) -> None:
         """Any GET query: 200 (or 204) with one JSON reply."""
-        stub = StubTreq(makeResource())
-        d = stub.get("http://a.example/?" + urlencode(fields), headers=AUTH)
-        stub.flush()
-        response = self.successResultOf(d)
-        content = self.successResultOf(stub.content(response))
+        code, content = _http("GET", "http://a.example/?" + urlencode(fields))
         self.flushLoggedErrors()
-        self.assertIn(response.code, (200, 204))
-        if response.code == 200:
+        self.assertIn(code, (200, 204))
+        if code == 200:
             reply = json.loads(content)
             self.assertEqual(reply["id"], fields.get("id"))
 

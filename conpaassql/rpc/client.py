@@ -20,12 +20,14 @@ from typing import IO, Any
 import treq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseFailed
 from treq.client import HTTPClient
 
 from conpaassql.rpc.errors import TransportError, fromWire
 
 DEFAULT_TIMEOUT = 30.0
+#: Bytes read from an uploaded file at a time.
+UPLOAD_READ_SIZE = 256 * 1024
 
 
 class _CountingFile:
@@ -142,7 +144,10 @@ class RPCClient:
         parts: dict[str, Any] = {}
         for field, (filename, f) in files.items():
             wrapped: Any = _CountingFile(f, progress) if progress else f
-            parts[field] = (filename, "application/octet-stream", wrapped)
+            # An explicit producer: treq adapts only some file types itself
+            # (not, e.g., a file opened "r+b"), and reads them 64 KiB at a time.
+            producer = FileBodyProducer(wrapped, readSize=UPLOAD_READ_SIZE)
+            parts[field] = (filename, "application/octet-stream", producer)
         return await self._request(
             lambda: self._http.post(
                 self.url, data=data, files=parts, headers=self._headers(), timeout=timeout,

@@ -7,12 +7,15 @@ a temporary directory, driven over real HTTP by the project's RPC client.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from typing import Any
 
+import pymysql
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -40,6 +43,14 @@ class RunningAgent:
 
     async def call(self, method: str, params: Any = None) -> Any:
         return await self.client.call(method, params)
+
+    async def loadDump(self, content: bytes, params: dict[str, str] | None = None,
+                       method: str = "create_with_MySQLdump") -> Any:
+        """Upload C{content} as the C{mysqldump} file of C{method}, from a file on disk."""
+        with tempfile.TemporaryFile() as f:
+            f.write(content)
+            f.seek(0)
+            return await self.client.upload(method, params or {}, {"mysqldump": ("dump.sql", f)})
 
     async def state(self) -> dict[str, Any]:
         return (await self.call("get_server_state"))["return"]
@@ -85,3 +96,39 @@ async def startAgent(testcase: TestCase, config: AgentConfig | None = None) -> R
     testcase.addCleanup(agent.close)
     await agent.waitFor("RUNNING")
     return agent
+
+
+async def rootQuery(agent: RunningAgent, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    """
+    Run one statement as root straight on the agent's server (not through
+    the agent), in a thread.
+    """
+    connectArgs = agent.service.server.connect_args()
+
+    def run() -> list[tuple[Any, ...]]:
+        conn = pymysql.connect(**connectArgs)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    return await deferToThread(run)
+
+
+async def canLogin(agent: RunningAgent, user: str, password: str) -> bool:
+    """Whether C{user} logs in to the agent's server over TCP with C{password}."""
+    port = agent.service.server.port
+
+    def run() -> bool:
+        try:
+            # The server hashes the password's UTF-8 bytes (PyMySQL would
+            # encode a str password as Latin-1).
+            pymysql.connect(host="127.0.0.1", port=port, user=user,
+                            password=password.encode("utf-8"), connect_timeout=10).close()
+            return True
+        except pymysql.err.OperationalError:
+            return False
+
+    return await deferToThread(run)
