@@ -208,11 +208,13 @@ class ConnectionTracker(WrappingFactory):
         """
         waiting = list(self._lost.values())
         for p in list(self._lost):
-            p.transport.loseConnection()
+            if p.transport is not None:
+                p.transport.loseConnection()
 
         def abort() -> None:
             for p in list(self._lost):
-                p.transport.abortConnection()
+                if p.transport is not None:
+                    p.transport.abortConnection()  # type: ignore[attr-defined]
 
         timer = reactor.callLater(grace, abort) if waiting else None
         d: Deferred[Any] = DeferredList(waiting)
@@ -323,9 +325,10 @@ class RPCResource(resource.Resource):
         elif _isMultipart(request):
             content: BinaryIO = request.content
             ctype = request.getHeader("content-type") or ""
-            fields, uploads = await deferToThread(parseMultipart, content, ctype)
-            if not self.dispatcher.isUpload(str(fields.get("method"))) and uploads:
+            formFields, uploads = await deferToThread(parseMultipart, content, ctype)
+            if not self.dispatcher.isUpload(str(formFields.get("method"))) and uploads:
                 uploads = None
+            fields = formFields
         else:
             request.content.seek(0)
             body = request.content.read()
