@@ -15,10 +15,12 @@ import os
 import signal
 import socket
 import stat
+import sys
 from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -66,6 +68,11 @@ def _environ(pid: int) -> bytes:
 def _read(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.read()
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _freePort() -> int:
@@ -572,6 +579,102 @@ class LocalAgentTests(TestCase):
         await ours.terminate(mine.vmId)
         [still] = await theirs.list()
         self.assertEqual((still.vmId, still.state), (other.vmId, "RUNNING"))
+
+
+class StubbornAgentTests(TestCase):
+    """
+    Termination of an agent that ignores SIGTERM: a real process that
+    the driver takes for a node's agent (its arguments name the node's pid
+    file), started by the test.
+    """
+
+    timeout = 300
+
+    def setUp(self) -> None:
+        self.cloud = localCloud(self)
+
+    async def stubbornNode(self, nodeId: int) -> tuple[str, _Stubborn]:
+        name = vmName(TAG, nodeId)
+        nodeDir = self.cloud.nodeDir(name)
+        os.makedirs(nodeDir, mode=0o700)
+        record = {"name": name, "nodeId": nodeId, "created": reactor.seconds()}
+        _write(os.path.join(nodeDir, "vm.json"), json.dumps(record))
+        proto = _Stubborn()
+        reactor.spawnProcess(
+            proto,
+            sys.executable,
+            [sys.executable, "-c", _STUBBORN, f"--pidfile={nodeDir}/twistd.pid"],
+            env={},
+        )
+        self.addCleanup(proto.ended)
+        await proto.ready
+        _write(os.path.join(nodeDir, "twistd.pid"), str(proto.pid))
+        return name, proto
+
+    async def test_killed_after_stop_timeout(self) -> None:
+        name, proto = await self.stubbornNode(1)
+        driver = self.cloud.driver(LOCAL_STOP_TIMEOUT="0.5")
+        [info] = await driver.list()
+        self.assertEqual((info.vmId, info.state), (name, "BOOTING"))
+        await driver.terminate(name)
+        self.assertEqual(await proto.ended(), signal.SIGKILL)
+        self.assertFalse(os.path.exists(self.cloud.nodeDir(name)))
+        self.assertEqual(await driver.list(), [])
+
+    async def test_close_interrupts_terminate(self) -> None:
+        """
+        A manager stopping in the middle of a termination: the VM is then
+        listed GONE ("terminating") and a new terminate finishes the job.
+        """
+        name, proto = await self.stubbornNode(2)
+        driver = self.cloud.driver()
+        terminating = Deferred.fromCoroutine(driver.terminate(name))
+        await driver.close()
+        with self.assertRaises(CloudFailure) as caught:
+            await terminating
+        self.assertIn("closed", str(caught.exception))
+        again = self.cloud.driver(LOCAL_STOP_TIMEOUT="0.5")
+        [info] = await again.list()
+        self.assertEqual((info.state, info.detail), ("GONE", "terminating"))
+        await again.terminate(name)
+        self.assertEqual(await proto.ended(), signal.SIGKILL)
+        self.assertEqual(await again.list(), [])
+
+
+_STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(600)"
+)
+
+
+class _Stubborn(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ready: Deferred[None] = Deferred()
+        self._ended: list[Deferred[int | None]] = []
+        self.signal: int | None = None
+        self.done = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.pid: int = transport.pid
+
+    def outReceived(self, data: bytes) -> None:
+        if b"ready" in data and not self.ready.called:
+            self.ready.callback(None)
+
+    def processEnded(self, reason: Any) -> None:
+        self.done = True
+        self.signal = getattr(reason.value, "signal", None)
+        for d in self._ended:
+            d.callback(self.signal)
+
+    def ended(self) -> Deferred[int | None]:
+        """The signal that ended it (a new Deferred each time)."""
+        if self.done:
+            return succeed(self.signal)
+        d: Deferred[int | None] = Deferred()
+        self._ended.append(d)
+        return d
 
 
 class _NoFactory:

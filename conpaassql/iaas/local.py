@@ -22,6 +22,17 @@ Layout of C{<base dir>/<vm name>/} (mode 0700; the VM's name is its id)::
     terminating    written when termination starts
     agent/         the agent's --state-dir: agent-url, mysql/ (the server)
 
+States (L{LocalDriver.list}): PENDING until twistd has written the agent's
+pid file; BOOTING while the agent runs but has not yet written its URL;
+RUNNING once it has (C{agentPort} from that URL); FAILED when twistd could
+not start it, when its process is gone, or when it has no process
+C{LOCAL_BOOT_TIMEOUT} seconds after creation (the detail ends with the last
+lines of C{agent.log}, without the token); GONE while it is being
+terminated.  A termination interrupted (by L{LocalDriver.close} or a manager
+crash) leaves the VM GONE with detail C{"terminating"}: terminate it again
+to finish.  The agent is recognised by its pid I{and} by its command line,
+which names the node's pid file, so a recycled pid is not taken for it.
+
 Settings (the C{[iaas]} section, keys in any case, all optional):
 
   - C{LOCAL_BASE_DIR}: where the node directories are; default
