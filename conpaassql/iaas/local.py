@@ -548,17 +548,7 @@ class LocalDriver:
             d.errback(CloudFailure("the LOCAL driver was closed", transient=False))
         deadline = self._reactor.seconds() + self.launcherTimeout
         for launcher in list(self._launchers.values()):
-            ended = launcher.whenEnded()
-            ended.addTimeout(max(0.0, deadline - self._reactor.seconds()), self._reactor)
-            try:
-                await ended
-            except DeferredTimeoutError:
-                self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
-                    "twistd for {name} still running; killing it (its agent is not affected)",
-                    name=launcher.node.name,
-                )
-                launcher.kill()
-                await launcher.whenEnded()
+            await self._awaitLauncher(launcher, max(0.0, deadline - self._reactor.seconds()))
 
     # -- creating
 
@@ -697,6 +687,11 @@ class LocalDriver:
             write_file_atomic(node.path(TERMINATING_FILE), "", mode=0o600)
         except OSError as e:
             raise CloudFailure(f"terminate {node.name}: cannot mark it: {e}") from None
+        launcher = self._launchers.get(node.name)
+        if launcher is not None:
+            # Between its fork and its exec, its command line is still ours:
+            # it could not be found by its arguments.  It is quick.
+            await self._awaitLauncher(launcher, self.launcherTimeout)
         await self._stopProcesses(node)
         socketDir = node.socketDir()
         try:
@@ -718,6 +713,24 @@ class LocalDriver:
             except OSError:
                 pass
         self.log.info("terminated local VM {name}", name=node.name)
+
+    async def _awaitLauncher(self, launcher: _Launcher, timeout: float) -> None:
+        """
+        Wait for a twistd launcher to exit; kill it after C{timeout} seconds
+        (an agent it already daemonized is not affected).
+        """
+        ended = launcher.whenEnded()
+        ended.addTimeout(timeout, self._reactor)
+        try:
+            await ended
+        except DeferredTimeoutError:
+            self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+                "twistd for {name} still running after {timeout:g} s; killing it",
+                name=launcher.node.name,
+                timeout=timeout,
+            )
+            launcher.kill()
+            await launcher.whenEnded()
 
     async def _stopProcesses(self, node: _Node) -> None:
         """
