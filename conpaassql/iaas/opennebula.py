@@ -240,15 +240,15 @@ def _parseDocument(document: str, root: str) -> Element:
     return el  # type: ignore[no-any-return]
 
 
-def parseVM(document: str) -> tuple[VMInfo, int, int]:
+def parseVM(document: str) -> tuple[VMInfo, int, int, str]:
     """
-    A C{<VM>} document (C{one.vm.info}): the L{VMInfo} and the raw STATE and
-    LCM_STATE.
+    A C{<VM>} document (C{one.vm.info}): the L{VMInfo}, the raw STATE and
+    LCM_STATE, and the owner's name (UNAME).
 
     @raise WireError: if it is not a VM document.
     """
     vm = _parseDocument(document, "VM")
-    return _vmInfo(vm), _int(vm, "STATE"), _int(vm, "LCM_STATE")
+    return _vmInfo(vm), _int(vm, "STATE"), _int(vm, "LCM_STATE"), _text(vm, "UNAME")
 
 
 def parsePool(document: str, serviceTag: str) -> list[VMInfo]:
@@ -290,6 +290,11 @@ def _safeUrl(url: str) -> str:
     if parts.port:
         netloc = f"{netloc}:{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _timedOut(result: Any, timeout: float) -> Any:
+    # Whatever the cancelled request failed with, it failed because of the timeout.
+    raise defer.TimeoutError(f"no answer in {timeout} s")
 
 
 class OneRPC:
@@ -334,7 +339,7 @@ class OneRPC:
         self.calls[method] += 1
         body = encodeCall(method, (self._session, *params))
         d = defer.Deferred.fromCoroutine(self._post(method, body))
-        d.addTimeout(self.timeout, self._reactor)
+        d.addTimeout(self.timeout, self._reactor, onTimeoutCancel=_timedOut)
         try:
             raw = await d
         except defer.TimeoutError:
@@ -695,12 +700,18 @@ class OpenNebulaDriver:
                 return
             raise
         try:
-            info, state, lcm = parseVM(str(document))
+            info, state, lcm, owner = parseVM(str(document))
         except WireError as e:
             raise CloudFailure(f"OpenNebula one.vm.info {vid}: {e}", transient=False) from None
         if nodeIdOfName(self.serviceTag, info.name) is None:
             raise CloudFailure(
                 f"refusing to terminate VM {vid} ({info.name!r}): not a VM of service {self.serviceTag}",
+                transient=False,
+            )
+        if owner != self.config.user:
+            raise CloudFailure(
+                f"refusing to terminate VM {vid} ({info.name!r}): it belongs to {owner!r},"
+                f" not to {self.config.user!r}",
                 transient=False,
             )
         if state == _DONE or (state == _ACTIVE and lcm in _LCM_GOING):
