@@ -45,6 +45,7 @@ from conpaassql.iaas.opennebula import (
 )
 from conpaassql.iaas.xmlrpcwire import WireError, decodeResponse
 from conpaassql.rpc.client import RPCClient
+from tests.support.drivercontract import DriverContractMixin
 from tests.support.mariadb import skip_unless_mariadb
 from tests.support.onesim import free_port, make_driver, settings_for, start_simulator
 
@@ -535,3 +536,29 @@ class EndToEndBootTests(TestCase):
     async def stateOfVM(self, driver: OpenNebulaDriver, vmId: str) -> VMInfo | None:
         return next((v for v in await driver.list() if v.vmId == vmId), None)
 
+
+
+class _OpenNebulaContract(DriverContractMixin):
+    """The driver contract, against the simulator (one per test) over real HTTP."""
+
+    version = "6.10"
+    runningTimeout = 20.0
+    url: str
+
+    async def setUp(self: Any) -> None:
+        sim, svc = await start_simulator(self, version=self.version)
+        self.url = svc.url
+
+    def makeTestDriver(self: Any, serviceTag: str) -> IaaSDriver:
+        return make_driver(self, self.url, serviceTag)
+
+    def unknownVmId(self, serviceTag: str) -> str:
+        return "987654"  # OpenNebula ids are numbers
+
+
+class OpenNebulaContractV610Tests(_OpenNebulaContract, TestCase):
+    version = "6.10"
+
+
+class OpenNebulaContractV414Tests(_OpenNebulaContract, TestCase):
+    version = "4.14"
