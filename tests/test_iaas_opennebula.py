@@ -562,3 +562,48 @@ class OpenNebulaContractV610Tests(_OpenNebulaContract, TestCase):
 
 class OpenNebulaContractV414Tests(_OpenNebulaContract, TestCase):
     version = "4.14"
+
+
+class RenderTests(SynchronousTestCase):
+    """tools/render-cloud-templates (conpaassql.iaas.render)."""
+
+    def test_render_opennebula(self) -> None:
+        import subprocess
+
+        from conpaassql.iaas.render import render
+
+        passwordFile = os.path.abspath(self.mktemp())
+        with open(passwordFile, "w") as f:
+            f.write('pa"ss word\n')
+        os.chmod(passwordFile, 0o600)
+        sample = Path(__file__).parent.parent / "etc" / "manager-opennebula.cnf"
+        config = os.path.abspath(self.mktemp())
+        with open(config, "w") as f:
+            f.write(sample.read_text().replace("/etc/conpaassql/opennebula-password", passwordFile))
+        out = self.mktemp()
+        paths = render(config, out)
+        self.assertEqual([os.path.basename(p) for p in paths], ["agent-boot.sh", "manager-boot.sh", "manager-vm.template"])
+        template = os.path.join(out, "manager-vm.template")
+        self.assertEqual(os.stat(template).st_mode & 0o777, 0o600)
+        lines = [line for line in Path(template).read_text().splitlines() if not line.startswith("#")]
+        attrs = dict(parseTemplate("\n".join(lines)))
+        self.assertEqual((attrs["NAME"], attrs["DISK"], attrs["NIC"]), ("conpaassql-manager", {"IMAGE_ID": "3"}, {"NETWORK_ID": "0"}))
+        ctx = attrs["CONTEXT"]
+        assert isinstance(ctx, dict)
+        self.assertEqual(ctx["ONE_PASSWORD"], 'pa"ss word')
+        managerConfig = base64.b64decode(ctx["MANAGER_CONFIG_BASE64"]).decode()
+        self.assertIn("OPENNEBULA_PASSWORD_FILE = /etc/conpaassql/opennebula-password", managerConfig)
+        self.assertNotIn(passwordFile, managerConfig)
+        self.assertEqual(base64.b64decode(ctx["START_SCRIPT_BASE64"]).decode(),
+                         Path(out, "manager-boot.sh").read_text())
+        for script in ("agent-boot.sh", "manager-boot.sh"):
+            self.assertEqual(subprocess.run(["sh", "-n", os.path.join(out, script)]).returncode, 0)
+            self.assertNotIn("@AGENT_PACKAGE@", Path(out, script).read_text())
+
+    def test_render_refuses_bad_settings(self) -> None:
+        from conpaassql.iaas.render import main
+
+        config = self.mktemp()
+        with open(config, "w") as f:
+            f.write("[iaas]\nDRIVER = OPENNEBULA_XMLRPC\nOPENNEBULA_URL = http://one/RPC2\n")
+        self.assertEqual(main(["--config", config, "--out", self.mktemp()]), 2)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Mapping, MutableSequence
+from collections.abc import Callable, Mapping, MutableSequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -57,11 +57,20 @@ _REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-\[\],<>=!~ ]*")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
-def renderPlaceholders(template: str, values: Mapping[str, str], *, source: str) -> str:
-    """
-    Replace every C{@NAME@} of C{template} with C{values[NAME]}, shell-quoted.
+def _shellQuote(name: str, value: str) -> str:
+    return shlex.quote(value)
 
-    @raise ValueError: if the template uses a name C{values} lacks.
+
+def renderPlaceholders(
+    template: str, values: Mapping[str, str], *, source: str,
+    quote: Callable[[str, str], str] = _shellQuote,
+) -> str:
+    """
+    Replace every C{@NAME@} of C{template} with C{quote(NAME, values[NAME])}
+    (shell-quoted by default).
+
+    @raise ValueError: if the template uses a name C{values} lacks, or
+        C{quote} refuses a value.
     """
     missing: list[str] = []
 
@@ -70,7 +79,7 @@ def renderPlaceholders(template: str, values: Mapping[str, str], *, source: str)
         if name not in values:
             missing.append(name)
             return m.group(0)
-        return shlex.quote(values[name])
+        return quote(name, values[name])
 
     text = _PLACEHOLDER.sub(sub, template)
     if missing:

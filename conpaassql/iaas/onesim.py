@@ -1162,3 +1162,68 @@ class VMBooter:
     async def stopAll(self) -> None:
         """Halt every booted VM and wait for them."""
         await defer.gatherResults([self.halt(vmId) for vmId in list(self.running)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """C{tools/onesim}: run the simulator standalone (for demos)."""
+    import argparse
+    import secrets
+
+    from twisted.internet import reactor as _reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from conpaassql.common.files import write_secret_file
+
+    parser = argparse.ArgumentParser(prog="onesim", description="An OpenNebula XML-RPC simulator.")
+    parser.add_argument("--listen", default="tcp:2633:interface=127.0.0.1", help="endpoint (default %(default)s)")
+    parser.add_argument("--version", default="6.10", choices=sorted(PROFILES), help="server version")
+    parser.add_argument("--user", default="oneadmin", help="the user (group oneadmin)")
+    parser.add_argument("--password-file", default="onesim-password",
+                        help="the user's password; created (0600, random) if missing")
+    parser.add_argument("--network", default="127.42.0.0/16", help="CIDR of the VMs' addresses")
+    parser.add_argument("--delays", default="2,2,2,1,1",
+                        help="seconds in PENDING,PROLOG,BOOT,SHUTDOWN,EPILOG (default %(default)s)")
+    parser.add_argument("--boot", action="store_true", help="run VMs' boot scripts (agents) when RUNNING")
+    parser.add_argument("--scratch", default="onesim-vms", help="where booted VMs live")
+    parser.add_argument("--others", type=int, default=0, help="VMs of another user to add")
+    parser.add_argument("--no-scheduler", action="store_true", help="leave VMs PENDING until one.vm.deploy")
+    args = parser.parse_args(argv)
+    try:
+        pending, prolog, boot, shutdown, epilog = (float(x) for x in args.delays.split(","))
+    except ValueError:
+        parser.error("--delays takes five numbers separated by commas")
+    if os.path.exists(args.password_file):
+        with open(args.password_file, encoding="utf-8") as f:
+            password = f.read().strip()
+    else:
+        password = secrets.token_urlsafe(16)
+        write_secret_file(args.password_file, password + "\n")
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+    booter = VMBooter(args.scratch, reactor=_reactor) if args.boot else None
+    sim = OneSimulator(
+        version=args.version, clock=_reactor, users=[(args.user, password, 0)],
+        delays=Delays(pending, prolog, boot, shutdown, epilog), network=SimNetwork(addresses=args.network),
+        autoDeploy=not args.no_scheduler, booter=booter,
+    )
+    if args.others:
+        sim.addForeignVMs(args.others)
+    svc = OneSimService(sim, args.listen, reactor=_reactor)
+
+    async def start() -> None:
+        url = await svc.listen()
+        svc.running = True
+        print(f"OpenNebula {sim.profile.version} simulator at {url}; user {args.user},"
+              f" password in {os.path.abspath(args.password_file)}", flush=True)
+
+    def failed(f: Any) -> None:
+        print(f"onesim: {f.getErrorMessage()}", file=sys.stderr)
+        _reactor.stop()
+
+    _reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()).addErrback(failed))
+    _reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
+    _reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
