@@ -524,7 +524,10 @@ class EndToEndBootTests(TestCase):
                 return False
             return bool(state.get("state") == "RUNNING" and state.get("isRunningMySQL"))
 
-        await waitFor(agentRunning, "the agent's server RUNNING", timeout=150)
+        try:
+            await waitFor(agentRunning, "the agent's server RUNNING", timeout=150)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last state {state}\n{self.vmLogs(sim.booter.vmDir(int(info.vmId)))}") from None
         wrong = RPCClient(f"http://{vm.ip}:{port}/", "not-the-token", persistent=False, timeout=10)
         with self.assertRaises(Exception):
             await wrong.call("get_server_state")
@@ -532,6 +535,17 @@ class EndToEndBootTests(TestCase):
         self.assertEqual(os.stat(tokenFile).st_mode & 0o777, 0o600)
         await driver.terminate(info.vmId)
         await waitFor(lambda: _true_when(not sim.booter.running), "the VM's processes to end", timeout=60)
+
+    @staticmethod
+    def vmLogs(vmDir: str) -> str:
+        out = []
+        for name in ("boot.log", "root/var/log/conpaassql/agent.log"):
+            try:
+                with open(os.path.join(vmDir, name), errors="replace") as f:
+                    out.append(f"--- {name}:\n" + "".join(f.readlines()[-30:]))
+            except OSError as e:
+                out.append(f"--- {name}: {e}")
+        return "\n".join(out)
 
     async def stateOfVM(self, driver: OpenNebulaDriver, vmId: str) -> VMInfo | None:
         return next((v for v in await driver.list() if v.vmId == vmId), None)

@@ -97,6 +97,20 @@ class WireTests(SynchronousTestCase):
         self.assertRaises(WireError, decodeResponse, bomb)
         self.assertRaises(WireError, decodeCall, bomb.replace(b"methodResponse", b"methodCall"))
 
+    def test_large_strings(self) -> None:
+        # Large strings are unescaped outside the parser (a fast path): the
+        # value must be the same as the parser's, whatever the references.
+        from conpaassql.iaas.xmlrpcwire import _decodeResponse
+
+        text = "<VM_POOL>" + "<VM><NAME>a&amp;b \"q\" 'x'</NAME></VM>" * 4000 + "</VM_POOL>"
+        body = encodeResponse([True, text, 0])
+        self.assertEqual(decodeResponse(body), [True, text, 0])
+        for variant in (body.replace(b"&amp;amp;", b"&#x26;amp;", 1), body.replace(b"q", b"&quot;", 1),
+                        body.replace(b"x'", b"x&apos;", 1)):
+            self.assertEqual(decodeResponse(variant), _decodeResponse(variant))
+        self.assertRaises(WireError, decodeResponse, body.replace(b"&amp;amp;", b"&bogus;", 1))
+        self.assertRaises(WireError, decodeResponse, body.replace(b"</data>", b"", 1))
+
     def test_garbage(self) -> None:
         self.assertRaises(WireError, decodeResponse, b"<html>502 Bad Gateway</html>")
         self.assertRaises(WireError, decodeResponse, b"not xml")

@@ -54,7 +54,6 @@ from urllib.parse import urlsplit, urlunsplit
 from xml.etree.ElementTree import Element
 
 import treq
-from defusedxml import ElementTree as SafeET
 from twisted.internet import defer
 from twisted.internet.error import ConnectError
 from twisted.logger import Logger
@@ -78,7 +77,7 @@ from conpaassql.iaas.base import (
 )
 from conpaassql.iaas.bootscript import BOOT_KEYS, BootScript, parseBootSettings
 from conpaassql.iaas.onetemplate import TemplateValueError, renderTemplate
-from conpaassql.iaas.xmlrpcwire import Fault, WireError, decodeResponse, encodeCall
+from conpaassql.iaas.xmlrpcwire import Fault, WireError, decodeResponse, encodeCall, safeFromString
 
 __all__ = [
     "DRIVER_NAME",
@@ -231,13 +230,10 @@ def _vmInfo(vm: Element) -> VMInfo:
 
 
 def _parseDocument(document: str, root: str) -> Element:
-    try:
-        el = SafeET.fromstring(document.encode("utf-8"))
-    except Exception as e:
-        raise WireError(f"a {root} document that is not well-formed XML ({type(e).__name__})") from None
+    el = safeFromString(document.encode("utf-8"))
     if el.tag != root:
         raise WireError(f"expected a <{root}> document, found <{el.tag}>")
-    return el  # type: ignore[no-any-return]
+    return el
 
 
 def parseVM(document: str) -> tuple[VMInfo, int, int, str]:

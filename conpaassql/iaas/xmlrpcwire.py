@@ -14,8 +14,11 @@ L{float} <-> C{<double>}, L{list} <-> C{<array>}, L{dict} <-> C{<struct>}.
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Sequence
 from typing import Any
+from xml.etree import ElementTree
 from xml.etree.ElementTree import Element
 
 from defusedxml import ElementTree as SafeET
@@ -30,6 +33,7 @@ __all__ = [
     "encodeFault",
     "encodeResponse",
     "escapeText",
+    "safeFromString",
 ]
 
 
@@ -127,11 +131,33 @@ def encodeFault(code: int, string: str) -> bytes:
     return "".join(out).encode("utf-8")
 
 
-def _parse(body: bytes) -> Element:
+def safeFromString(data: bytes) -> Element:
+    """
+    Parse C{data} into an element tree, hardened as C{defusedxml} does (no
+    entity declarations, no external references).
+
+    Entities and external references can only be declared in a document
+    type declaration, which must come before the root element.  A document
+    without C{<!DOCTYPE} therefore cannot carry either, and is parsed with
+    ElementTree's C parser (a pool of 1,000 VMs: about 15 ms instead of 250
+    ms with defusedxml's pure-Python tree builder).  Any document with
+    C{<!DOCTYPE} anywhere (OpenNebula never sends one) goes through
+    C{defusedxml}, which refuses entity declarations and external references.
+
+    @raise WireError: if it is not well-formed, or defusedxml refuses it.
+    """
     try:
-        return SafeET.fromstring(body)  # type: ignore[no-any-return]
+        if b"<!DOCTYPE" in data:
+            return SafeET.fromstring(data)  # type: ignore[no-any-return]
+        parser = ElementTree.XMLParser()
+        parser.feed(data)
+        return parser.close()
     except Exception as e:  # ParseError, or defusedxml's refusals
         raise WireError(f"not well-formed XML ({type(e).__name__}: {e})") from None
+
+
+def _parse(body: bytes) -> Element:
+    return safeFromString(body)
 
 
 _INT_TAGS = {"i4", "int", "i8", "i1", "i2"}
@@ -180,6 +206,53 @@ def _decodeValue(node: Element) -> Any:
     raise WireError(f"unsupported XML-RPC type <{tag}>")
 
 
+_BIG_STRING = re.compile(rb"<string>([^<]{65536,})</string>")
+_OTHER_REFERENCE = re.compile(rb"&(?!(?:lt|gt|amp|quot|apos);)")
+
+
+def _liftBigStrings(body: bytes) -> tuple[bytes, dict[str, str]]:
+    """
+    Take the large C{<string>} values (a pool document is megabytes of
+    C{&lt;VM&gt;...}) out of C{body}, unescaped, leaving placeholders.
+
+    Unescaping the five predefined entities by hand is much cheaper than
+    having expat deliver the text in hundreds of thousands of pieces; a
+    string holding any other reference (C{&#...;}) is left to the parser.
+    The rest of the reply is still parsed as XML.
+    """
+    lifted: dict[str, str] = {}
+
+    def lift(m: re.Match[bytes]) -> bytes:
+        raw = m.group(1)
+        if _OTHER_REFERENCE.search(raw):
+            return m.group(0)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return m.group(0)
+        text = text.replace("&lt;", "<").replace("&gt;", ">")
+        if "&quot;" in text:
+            text = text.replace("&quot;", '"')
+        if "&apos;" in text:
+            text = text.replace("&apos;", "'")
+        text = text.replace("&amp;", "&")
+        key = f"conpaassql-lifted-{len(lifted)}-{secrets.token_hex(8)}"
+        lifted[key] = text
+        return b"<string>" + key.encode("ascii") + b"</string>"
+
+    return _BIG_STRING.sub(lift, body), lifted
+
+
+def _restore(value: Any, lifted: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return lifted.get(value, value)
+    if isinstance(value, list):
+        return [_restore(v, lifted) for v in value]
+    if isinstance(value, dict):
+        return {k: _restore(v, lifted) for k, v in value.items()}
+    return value
+
+
 def decodeResponse(body: bytes) -> Any:
     """
     The value a C{<methodResponse>} carries.
@@ -187,6 +260,13 @@ def decodeResponse(body: bytes) -> Any:
     @raise Fault: if it is a fault.
     @raise WireError: if it is not a well-formed reply.
     """
+    body, lifted = _liftBigStrings(body)
+    if lifted:
+        return _restore(_decodeResponse(body), lifted)
+    return _decodeResponse(body)
+
+
+def _decodeResponse(body: bytes) -> Any:
     root = _parse(body)
     if root.tag != "methodResponse":
         raise WireError(f"expected <methodResponse>, found <{root.tag}>")
