@@ -35,7 +35,6 @@ Settings (the C{[iaas]} section; keys are case-insensitive)::
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from conpaassql.iaas.base import (
     vmNamePrefix,
 )
 from conpaassql.iaas.bootscript import BOOT_KEYS, BootScript, parseBootSettings
+from conpaassql.iaas.settings import checkKeys, checkServiceTag, normalized, seconds, secretSetting
 
 __all__ = ["DRIVER_NAME", "LibcloudConfig", "LibcloudDriver", "makeDriver", "mapNodeState", "parseConfig"]
 
@@ -104,7 +104,7 @@ class LibcloudConfig:
 
 
 _KNOWN = {
-    "DRIVER", "LIBCLOUD_PROVIDER", "LIBCLOUD_KEY", "LIBCLOUD_SECRET", "LIBCLOUD_SECRET_FILE",
+    "LIBCLOUD_PROVIDER", "LIBCLOUD_KEY", "LIBCLOUD_SECRET", "LIBCLOUD_SECRET_FILE",
     "LIBCLOUD_REGION", "LIBCLOUD_IMAGE", "LIBCLOUD_SIZE", "LIBCLOUD_NETWORK", "LIBCLOUD_KEYNAME",
     "LIBCLOUD_ADDRESS", "LIBCLOUD_TIMEOUT", "LIBCLOUD_THREADS", "LIBCLOUD_BOOT_SCRIPT", *BOOT_KEYS,
 }
@@ -118,14 +118,10 @@ def parseConfig(settings: Mapping[str, str]) -> LibcloudConfig:
     """
     from libcloud.compute.providers import get_driver
 
-    s = {k.upper(): v.strip() for k, v in settings.items()}
+    s = normalized(settings)
     problems: list[str] = []
     extra = {k[len("LIBCLOUD_EXTRA_"):].lower(): v for k, v in s.items() if k.startswith("LIBCLOUD_EXTRA_")}
-    for key in sorted(set(s) - _KNOWN):
-        if not key.startswith("LIBCLOUD_EXTRA_"):
-            problems.append(f"{key}: unknown setting for DRIVER = {DRIVER_NAME}")
-    if s.get("DRIVER", DRIVER_NAME).upper() != DRIVER_NAME:
-        problems.append(f"DRIVER: is {s['DRIVER']!r}, this driver is {DRIVER_NAME}")
+    checkKeys(s, _KNOWN, DRIVER_NAME, problems, prefixes=("LIBCLOUD_EXTRA_",))
     provider = s.get("LIBCLOUD_PROVIDER", "").lower()
     if not provider:
         problems.append("LIBCLOUD_PROVIDER: missing (a libcloud provider name, e.g. ec2 or openstack)")
@@ -137,31 +133,14 @@ def parseConfig(settings: Mapping[str, str]) -> LibcloudConfig:
     key = s.get("LIBCLOUD_KEY", "")
     if not key:
         problems.append("LIBCLOUD_KEY: missing")
-    secret: str | None = s.get("LIBCLOUD_SECRET") or None
-    secretFile = s.get("LIBCLOUD_SECRET_FILE", "")
-    if secret and secretFile:
-        problems.append("LIBCLOUD_SECRET and LIBCLOUD_SECRET_FILE: set only one")
-    elif secretFile:
-        try:
-            with open(secretFile, encoding="utf-8") as f:
-                secret = f.read().strip()
-            if os.stat(secretFile).st_mode & 0o077:
-                problems.append(f"LIBCLOUD_SECRET_FILE: {secretFile} must not be readable by others (chmod 600)")
-        except OSError as e:
-            problems.append(f"LIBCLOUD_SECRET_FILE: cannot read {secretFile}: {e.strerror}")
+    secret = secretSetting(s, "LIBCLOUD_SECRET", "LIBCLOUD_SECRET_FILE", problems, required=False) or None
     for required in ("LIBCLOUD_IMAGE", "LIBCLOUD_SIZE"):
         if not s.get(required):
             problems.append(f"{required}: missing")
     address = s.get("LIBCLOUD_ADDRESS", "private").lower()
     if address not in ("private", "public"):
         problems.append("LIBCLOUD_ADDRESS: must be private or public")
-    timeout = 60.0
-    try:
-        timeout = float(s.get("LIBCLOUD_TIMEOUT", "60"))
-        if not 0 < timeout <= 3600:
-            raise ValueError
-    except ValueError:
-        problems.append("LIBCLOUD_TIMEOUT: must be a number of seconds, above 0 and at most 3600")
+    timeout = seconds(s, "LIBCLOUD_TIMEOUT", 60.0, problems)
     threads = s.get("LIBCLOUD_THREADS", "4")
     if not threads.isdigit() or not 1 <= int(threads) <= 64:
         problems.append("LIBCLOUD_THREADS: must be a whole number from 1 to 64")
@@ -365,8 +344,5 @@ def makeDriver(settings: Mapping[str, str], *, stateDir: str, reactor: Any, serv
     @raise DriverConfigError: listing every problem of the section.
     """
     del stateDir
-    try:
-        vmNamePrefix(serviceTag)
-    except ValueError as e:
-        raise DriverConfigError([str(e)]) from None
+    checkServiceTag(serviceTag)
     return LibcloudDriver(parseConfig(settings), reactor=reactor, serviceTag=serviceTag)

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import os
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -77,6 +76,7 @@ from conpaassql.iaas.base import (
 )
 from conpaassql.iaas.bootscript import BOOT_KEYS, BootScript, parseBootSettings
 from conpaassql.iaas.onetemplate import TemplateValueError, renderTemplate
+from conpaassql.iaas.settings import checkKeys, checkServiceTag, normalized, seconds, secretSetting
 from conpaassql.iaas.xmlrpcwire import Fault, WireError, decodeResponse, encodeCall, safeFromString
 
 __all__ = [
@@ -427,7 +427,7 @@ class OpenNebulaConfig:
 
 
 _KNOWN_KEYS = {
-    "DRIVER", "OPENNEBULA_URL", "OPENNEBULA_USER", "OPENNEBULA_PASSWORD",
+    "OPENNEBULA_URL", "OPENNEBULA_USER", "OPENNEBULA_PASSWORD",
     "OPENNEBULA_PASSWORD_FILE", "OPENNEBULA_IMAGE_ID", "OPENNEBULA_NETWORK_ID",
     "OPENNEBULA_SIZE_ID", "OPENNEBULA_CPU", "OPENNEBULA_VCPU", "OPENNEBULA_MEMORY",
     "OPENNEBULA_NETWORK_GATEWAY", "OPENNEBULA_NETWORK_NAMESERVER", "OPENNEBULA_SSH_PUBLIC_KEY",
@@ -450,12 +450,9 @@ def parseConfig(settings: Mapping[str, str]) -> OpenNebulaConfig:
 
     @raise DriverConfigError: listing every problem.
     """
-    s = {k.upper(): v.strip() for k, v in settings.items()}
+    s = normalized(settings)
     problems: list[str] = []
-    for key in sorted(set(s) - _KNOWN_KEYS):
-        problems.append(f"{key}: unknown setting for DRIVER = {DRIVER_NAME}")
-    if s.get("DRIVER", DRIVER_NAME).upper() != DRIVER_NAME:
-        problems.append(f"DRIVER: is {s['DRIVER']!r}, this driver is {DRIVER_NAME}")
+    checkKeys(s, _KNOWN_KEYS, DRIVER_NAME, problems)
 
     url = s.get("OPENNEBULA_URL", "")
     parts = urlsplit(url)
@@ -472,23 +469,7 @@ def parseConfig(settings: Mapping[str, str]) -> OpenNebulaConfig:
     elif ":" in user or any(c.isspace() for c in user):
         problems.append("OPENNEBULA_USER: must not contain ':' or spaces")
 
-    password = s.get("OPENNEBULA_PASSWORD", "")
-    passwordFile = s.get("OPENNEBULA_PASSWORD_FILE", "")
-    if password and passwordFile:
-        problems.append("OPENNEBULA_PASSWORD and OPENNEBULA_PASSWORD_FILE: set only one")
-    elif passwordFile:
-        try:
-            with open(passwordFile, encoding="utf-8") as f:
-                password = f.read().strip()
-            if os.stat(passwordFile).st_mode & 0o077:
-                problems.append(f"OPENNEBULA_PASSWORD_FILE: {passwordFile} must not be readable by others (chmod 600)")
-        except OSError as e:
-            problems.append(f"OPENNEBULA_PASSWORD_FILE: cannot read {passwordFile}: {e.strerror}")
-        else:
-            if not password:
-                problems.append(f"OPENNEBULA_PASSWORD_FILE: {passwordFile} is empty")
-    elif not password:
-        problems.append("OPENNEBULA_PASSWORD: missing (or set OPENNEBULA_PASSWORD_FILE)")
+    password = secretSetting(s, "OPENNEBULA_PASSWORD", "OPENNEBULA_PASSWORD_FILE", problems)
 
     def number(key: str, *, required: bool) -> int:
         value = s.get(key, "")
@@ -540,15 +521,7 @@ def parseConfig(settings: Mapping[str, str]) -> OpenNebulaConfig:
     if sshKey and not re.fullmatch(r"(ssh|ecdsa|sk)-[A-Za-z0-9@.\-]+ [A-Za-z0-9+/=]+( [^\"$\\\x00-\x1f]*)?", sshKey):
         problems.append("OPENNEBULA_SSH_PUBLIC_KEY: not an OpenSSH public key line")
 
-    timeout = DEFAULT_TIMEOUT
-    if s.get("OPENNEBULA_TIMEOUT"):
-        try:
-            timeout = float(s["OPENNEBULA_TIMEOUT"])
-            if not 0 < timeout <= 3600:
-                raise ValueError
-        except ValueError:
-            problems.append("OPENNEBULA_TIMEOUT: must be a number of seconds, above 0 and at most 3600")
-
+    timeout = seconds(s, "OPENNEBULA_TIMEOUT", DEFAULT_TIMEOUT, problems)
     boot = parseBootSettings(s, "OPENNEBULA_CONTEXT_SCRIPT_AGENT", problems)
     if problems:
         raise DriverConfigError(problems)
@@ -756,8 +729,5 @@ def makeDriver(
     @raise DriverConfigError: listing every problem of the section.
     """
     del stateDir  # nothing to keep: OpenNebula is the record of our VMs
-    try:
-        vmNamePrefix(serviceTag)
-    except ValueError as e:
-        raise DriverConfigError([str(e)]) from None
+    checkServiceTag(serviceTag)
     return OpenNebulaDriver(parseConfig(settings), reactor=reactor, serviceTag=serviceTag)

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -98,48 +99,41 @@ async def run(args: argparse.Namespace) -> None:
                   f" (max {max(cpu) * 1000:.1f})   wall median {statistics.median(wall) * 1000:8.1f} ms"
                   f"   peak alloc {max(peak) / 1e6:6.1f} MB")
 
-        cpu, wall, peak = [], [], []
-        calls = 0
-        for i in range(args.cycles):
-            before = sum(driver.rpc.calls.values())
-            traced = i % 2 == 1  # memory on odd cycles, CPU on even ones (tracemalloc costs CPU)
-            if traced:
-                tracemalloc.start()
-            c0, w0 = time.process_time(), time.monotonic()
-            vms = await driver.list()
-            if traced:
-                peak.append(tracemalloc.get_traced_memory()[1])
-                tracemalloc.stop()
-            else:
-                cpu.append(time.process_time() - c0)
-                wall.append(time.monotonic() - w0)
-            calls = sum(driver.rpc.calls.values()) - before
-            assert len(vms) == args.vms, len(vms)
-        measure("driver list() (one.vmpool.info)", calls, cpu, wall, peak)
+        async def cycles(count: int, cycle: Callable[[], Awaitable[int]]) -> tuple[int, list[float], list[float], list[int]]:
+            # CPU and wall time on even cycles, memory on odd ones (tracemalloc costs CPU).
+            cpu, wall, peak = [], [], []
+            calls = 0
+            for i in range(count):
+                before = sum(driver.rpc.calls.values())
+                traced = i % 2 == 1
+                if traced:
+                    tracemalloc.start()
+                c0, w0 = time.process_time(), time.monotonic()
+                found = await cycle()
+                if traced:
+                    peak.append(tracemalloc.get_traced_memory()[1])
+                    tracemalloc.stop()
+                else:
+                    cpu.append(time.process_time() - c0)
+                    wall.append(time.monotonic() - w0)
+                calls = sum(driver.rpc.calls.values()) - before
+                assert found == args.vms, found
+            return calls, cpu, wall, peak
 
-        cpu, wall, peak = [], [], []
-        for i in range(max(2, args.cycles // 5)):
-            before = sum(driver.rpc.calls.values())
-            traced = i % 2 == 1
-            if traced:
-                tracemalloc.start()
-            c0, w0 = time.process_time(), time.monotonic()
+        async def pooled() -> int:
+            return len(await driver.list())
 
+        async def naive() -> int:
             async def info(vmId: str) -> Any:
                 return parseVM(str(await driver.rpc.call("one.vm.info", int(vmId))))
 
             results = await defer.gatherResults([
                 sem.run(lambda v=v: defer.Deferred.fromCoroutine(info(v))) for v in created
             ])
-            if traced:
-                peak.append(tracemalloc.get_traced_memory()[1])
-                tracemalloc.stop()
-            else:
-                cpu.append(time.process_time() - c0)
-                wall.append(time.monotonic() - w0)
-            calls = sum(driver.rpc.calls.values()) - before
-            assert len(results) == args.vms
-        measure("naive per-VM one.vm.info (x8)", calls, cpu, wall, peak)
+            return len(results)
+
+        measure("driver list() (one.vmpool.info)", *await cycles(args.cycles, pooled))
+        measure("naive per-VM one.vm.info (x8)", *await cycles(max(2, args.cycles // 5), naive))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"driver process max RSS: {rss:.0f} MB")
     finally:
