@@ -173,7 +173,7 @@ class DummyTests(TestCase):
         d = self.driver()
         for n in range(1, 21):
             await d.create(spec(n))
-        before = d.calls["list_nodes"] if "list_nodes" in d.calls else 0
+        before = d.calls.get("list_nodes", 0)
         self.assertEqual(len(await d.list()), 20)
         self.assertEqual(d.calls["list_nodes"] - before, 1)
 

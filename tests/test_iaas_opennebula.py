@@ -25,7 +25,14 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from conpaassql.iaas.base import CloudFailure, DriverConfigError, IaaSDriver, NodeSpec, VMInfo, vmName
+from conpaassql.iaas.base import (
+    CloudFailure,
+    DriverConfigError,
+    IaaSDriver,
+    NodeSpec,
+    VMInfo,
+    vmName,
+)
 from conpaassql.iaas.bootscript import BootScript, renderPlaceholders
 from conpaassql.iaas.onesim import Delays
 from conpaassql.iaas.onetemplate import (
@@ -45,6 +52,7 @@ from conpaassql.iaas.opennebula import (
 )
 from conpaassql.iaas.xmlrpcwire import WireError, decodeResponse
 from conpaassql.rpc.client import RPCClient
+from conpaassql.rpc.errors import RPCError
 from tests.support.drivercontract import DriverContractMixin
 from tests.support.mariadb import skip_unless_mariadb
 from tests.support.onesim import free_port, make_driver, settings_for, start_simulator
@@ -295,7 +303,7 @@ class _DriverIntegration:
         return next((v for v in await driver.list() if v.vmId == vmId), None)
 
     async def test_life_cycle(self: Any) -> None:
-        sim, svc, driver = await self.setUpDriver(delays=Delays(pending=0.3, prolog=0.3, boot=0.3, shutdown=0.2, epilog=0.2))
+        sim, _svc, driver = await self.setUpDriver(delays=Delays(pending=0.3, prolog=0.3, boot=0.3, shutdown=0.2, epilog=0.2))
         self.assertIsInstance(driver, IaaSDriver)
         info = await driver.create(spec(1))
         self.assertEqual((info.name, info.state), (vmName(TAG, 1), "PENDING"))
@@ -327,7 +335,7 @@ class _DriverIntegration:
         self.assertEqual(sim.vms[int(info.vmId)].state, 6)
 
     async def test_terminate_in_prolog_and_boot(self: Any) -> None:
-        sim, svc, driver = await self.setUpDriver(delays=Delays(pending=0.05, prolog=600, boot=600))
+        sim, _svc, driver = await self.setUpDriver(delays=Delays(pending=0.05, prolog=600, boot=600))
         info = await driver.create(spec(2))
 
         async def inProlog() -> bool:
@@ -366,7 +374,7 @@ class _DriverIntegration:
             await driver.terminate("1; drop")
 
     async def test_error_replies(self: Any) -> None:
-        sim, svc, driver = await self.setUpDriver()
+        sim, _svc, driver = await self.setUpDriver()
         sim.failNext("one.vm.allocate", 0x2000, "MEMORY attribute must be a positive integer value.")
         with self.assertRaises(CloudFailure) as e:
             await driver.create(spec(1))
@@ -384,7 +392,7 @@ class _DriverIntegration:
         self.assertFalse(e.exception.transient)
 
     async def test_bad_credentials(self: Any) -> None:
-        sim, svc = await start_simulator(self, version=self.version)
+        _sim, svc = await start_simulator(self, version=self.version)
         driver = make_driver(self, svc.url, TAG, settings_for(svc.url, OPENNEBULA_PASSWORD="wrong"))
         with self.assertRaises(CloudFailure) as e:
             await driver.list()
@@ -404,7 +412,7 @@ class _DriverIntegration:
         self.assertEqual(await driver.list(), [])
 
     async def test_refused_connections(self: Any) -> None:
-        sim, svc, driver = await self.setUpDriver()
+        _sim, svc, driver = await self.setUpDriver()
         await driver.list()
         await svc.stopListening()
         await driver.rpc.close()  # a cached connection would hide the refusal
@@ -416,7 +424,7 @@ class _DriverIntegration:
         self.assertEqual(await driver.list(), [])
 
     async def test_failed_and_lost_vms(self: Any) -> None:
-        sim, svc, driver = await self.setUpDriver()
+        sim, _svc, driver = await self.setUpDriver()
         sim.failNextBoots(1)
         failing = await driver.create(spec(1))
 
@@ -436,7 +444,7 @@ class _DriverIntegration:
         await driver.terminate(lost.vmId)  # unknown to the server: gone
 
     async def test_one_call_per_list(self: Any) -> None:
-        sim, svc, driver = await self.setUpDriver(delays=Delays(pending=0.01, prolog=0.01, boot=0.01))
+        sim, _svc, driver = await self.setUpDriver(delays=Delays(pending=0.01, prolog=0.01, boot=0.01))
         sim.addForeignVMs(300, user="alice")
         await driver.list()
         created = 0
@@ -470,7 +478,7 @@ class DriverV414Tests(_DriverIntegration, TestCase):
     terminateAction = "shutdown-hard"
 
     async def test_delete_action_on_4x(self) -> None:
-        sim, svc, driver = await self.setUpDriver(delays=Delays(pending=0.05, prolog=600))
+        sim, _svc, driver = await self.setUpDriver(delays=Delays(pending=0.05, prolog=600))
         info = await driver.create(spec(1))
         await waitFor(lambda: _true_when(sim.vms[int(info.vmId)].lcm == 1), "PROLOG")
         await driver.terminate(info.vmId)
@@ -520,7 +528,7 @@ class EndToEndBootTests(TestCase):
         async def agentRunning() -> bool:
             try:
                 state.update((await client.call("get_server_state"))["return"])
-            except Exception:
+            except Exception:  # noqa: BLE001 - not up yet, whatever the error
                 return False
             return bool(state.get("state") == "RUNNING" and state.get("isRunningMySQL"))
 
@@ -529,7 +537,7 @@ class EndToEndBootTests(TestCase):
         except AssertionError as e:
             raise AssertionError(f"{e}; last state {state}\n{self.vmLogs(sim.booter.vmDir(int(info.vmId)))}") from None
         wrong = RPCClient(f"http://{vm.ip}:{port}/", "not-the-token", persistent=False, timeout=10)
-        with self.assertRaises(Exception):
+        with self.assertRaises(RPCError):
             await wrong.call("get_server_state")
         tokenFile = os.path.join(sim.booter.vmDir(int(info.vmId)), "root", "etc", "conpaassql", "agent-token")
         self.assertEqual(os.stat(tokenFile).st_mode & 0o777, 0o600)
@@ -560,7 +568,7 @@ class _OpenNebulaContract(DriverContractMixin):
     url: str
 
     async def setUp(self: Any) -> None:
-        sim, svc = await start_simulator(self, version=self.version)
+        _sim, svc = await start_simulator(self, version=self.version)
         self.url = svc.url
 
     def makeTestDriver(self: Any, serviceTag: str) -> IaaSDriver:
@@ -611,7 +619,7 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(base64.b64decode(ctx["START_SCRIPT_BASE64"]).decode(),
                          Path(out, "manager-boot.sh").read_text())
         for script in ("agent-boot.sh", "manager-boot.sh"):
-            self.assertEqual(subprocess.run(["sh", "-n", os.path.join(out, script)]).returncode, 0)
+            self.assertEqual(subprocess.run(["sh", "-n", os.path.join(out, script)], check=False).returncode, 0)
             self.assertNotIn("@AGENT_PACKAGE@", Path(out, script).read_text())
 
     def test_render_refuses_bad_settings(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -183,7 +184,7 @@ class RecordingReplayTests(SynchronousTestCase):
         clock.advance(0)
         ours = sim.handle("one.vm.info", [ADMIN, 1])[1]
         theirs = decodeResponse(recorded("13_one.vm.info_running.response.xml"))[1]
-        strip = lambda doc: re.sub(r"<MONITORING>.*?</MONITORING>", "", re.sub(r"<LAST_POLL>\d+", "", doc))  # noqa: E731
+        strip = lambda doc: re.sub(r"<MONITORING>.*?</MONITORING>", "", re.sub(r"<LAST_POLL>\d+", "", doc))
         self.assertEqual(strip(ours), strip(theirs))
 
 
@@ -403,7 +404,7 @@ class HTTPTests(TestCase):
         return response.code, await response.content()
 
     async def test_http(self) -> None:
-        sim, svc = await start_simulator(self)
+        _sim, svc = await start_simulator(self)
         code, body = await self.post(svc.url, encodeCall("one.system.version", ["conpaassql:s3cret-pass"]))
         self.assertEqual((code, decodeResponse(body)), (200, [True, "6.10.0", 0]))
         code, body = await self.post(svc.url, b"<methodCall><oops")
@@ -418,11 +419,11 @@ class HTTPTests(TestCase):
         sim, svc = await start_simulator(self)
         sim.replyDelay = 0.3
         start = reactor.seconds()
-        code, body = await self.post(svc.url, encodeCall("one.system.version", ["conpaassql:s3cret-pass"]))
+        code, _body = await self.post(svc.url, encodeCall("one.system.version", ["conpaassql:s3cret-pass"]))
         self.assertGreaterEqual(reactor.seconds() - start, 0.25)
         sim.replyDelay = 0
         await svc.stopListening()
-        with self.assertRaises(Exception):
+        with self.assertRaises(ConnectionRefusedError):
             await self.post(svc.url, b"")
         await svc.listen()
         code, _ = await self.post(svc.url, encodeCall("one.system.version", ["conpaassql:s3cret-pass"]))

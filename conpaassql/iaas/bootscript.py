@@ -35,9 +35,9 @@ import conpaassql
 
 __all__ = [
     "BOOT_KEYS",
-    "BootScript",
     "DEFAULT_AGENT_TEMPLATE",
     "DEFAULT_MANAGER_TEMPLATE",
+    "BootScript",
     "parseBootSettings",
     "renderPlaceholders",
 ]

@@ -128,7 +128,7 @@ def parseConfig(settings: Mapping[str, str]) -> LibcloudConfig:
     else:
         try:
             get_driver(provider)
-        except Exception:
+        except AttributeError:
             problems.append(f"LIBCLOUD_PROVIDER: libcloud has no compute provider {provider!r}")
     key = s.get("LIBCLOUD_KEY", "")
     if not key:
@@ -192,7 +192,7 @@ class LibcloudDriver:
             raise CloudFailure(f"{self.config.provider} {what}: no answer in {self.config.timeout:g} s") from None
         except CloudFailure:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - libcloud and its providers raise anything
             raise CloudFailure(f"{self.config.provider} {what} failed: {type(e).__name__}: {e}") from None
 
     def _connect(self) -> Any:
@@ -260,13 +260,16 @@ class LibcloudDriver:
             return False
 
         if not offer("ex_userdata", userData):
-            self.log.warn("{provider}: create_node takes no user data; the node will not boot an agent",
-                          provider=self.config.provider)
+            self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn(), not warning()
+                "{provider}: create_node takes no user data; the node will not boot an agent",
+                provider=self.config.provider,
+            )
         if self.config.keyname:
             offer("ex_keyname", self.config.keyname)
-        if self._network is not None:
-            if not (offer("networks", [self._network]) or offer("ex_subnet", self._network)):
-                raise CloudFailure(f"{self.config.provider}: create_node takes no network", transient=False)
+        if self._network is not None and not (
+            offer("networks", [self._network]) or offer("ex_subnet", self._network)
+        ):
+            raise CloudFailure(f"{self.config.provider}: create_node takes no network", transient=False)
         return cloud.create_node(name=name, size=self._size, image=self._image, **kwargs)
 
     def _info(self, node: Any) -> VMInfo:

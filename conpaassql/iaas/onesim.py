@@ -55,11 +55,11 @@ from conpaassql.iaas.onetemplate import TemplateSyntaxError, parseTemplate
 from conpaassql.iaas.xmlrpcwire import I8, Fault, WireError, decodeCall, encodeFault, encodeResponse
 
 __all__ = [
+    "PROFILES",
     "Delays",
     "OneSimResource",
     "OneSimService",
     "OneSimulator",
-    "PROFILES",
     "Profile",
     "SimNetwork",
     "SimUser",
@@ -856,7 +856,7 @@ class OneSimulator:
     def fullBody(self, vm: SimVM, *, lastHistoryOnly: bool = False) -> str:
         """The full C{<VM>} document (C{one.vm.info}; pool bodies before 5.8)."""
         p = self.profile
-        out = [
+        out = [(
             f"<VM><ID>{vm.id}</ID><UID>{vm.user.id}</UID><GID>{vm.user.gid}</GID>"
             f"<UNAME>{_esc(vm.user.name)}</UNAME><GNAME>{vm.user.gname}</GNAME><NAME>{_esc(vm.name)}</NAME>"
             "<PERMISSIONS><OWNER_U>1</OWNER_U><OWNER_M>1</OWNER_M><OWNER_A>0</OWNER_A><GROUP_U>0</GROUP_U>"
@@ -866,7 +866,7 @@ class OneSimulator:
             f"<PREV_STATE>{vm.state}</PREV_STATE><PREV_LCM_STATE>{vm.lcm}</PREV_LCM_STATE>"
             f"<RESCHED>0</RESCHED><STIME>{vm.stime}</STIME><ETIME>{vm.etime}</ETIME>"
             f"<DEPLOY_ID>{_esc(vm.deployId)}</DEPLOY_ID><MONITORING></MONITORING>"
-        ]
+        )]
         if p.schedActions:
             out.append("<SCHED_ACTIONS></SCHED_ACTIONS>")
         _templateXML("TEMPLATE", vm.template, out)
@@ -891,14 +891,14 @@ class OneSimulator:
     def shortBody(self, vm: SimVM) -> str:
         """The short C{<VM>} body of C{one.vmpool.info} (5.8+)."""
         t = vm.template
-        out = [
+        out = [(
             f"<VM><ID>{vm.id}</ID><UID>{vm.user.id}</UID><GID>{vm.user.gid}</GID>"
             f"<UNAME>{_esc(vm.user.name)}</UNAME><GNAME>{vm.user.gname}</GNAME><NAME>{_esc(vm.name)}</NAME>"
             f"<LAST_POLL>0</LAST_POLL><STATE>{vm.state}</STATE><LCM_STATE>{vm.lcm}</LCM_STATE>"
             f"<RESCHED>0</RESCHED><STIME>{vm.stime}</STIME><ETIME>{vm.etime}</ETIME>"
             f"<DEPLOY_ID>{_esc(vm.deployId)}</DEPLOY_ID><TEMPLATE>"
             f"<CPU>{_esc(t.get('CPU', ''))}</CPU><MEMORY>{_esc(t.get('MEMORY', ''))}</MEMORY>"
-        ]
+        )]
         if self.profile.schedActions and "VCPU" in t:
             out.append(f"<VCPU>{_esc(t['VCPU'])}</VCPU>")
         for disk in t.get("DISK", []):
@@ -1054,7 +1054,7 @@ class OneSimService(service.Service):
 
 class _BootProtocol(protocol.ProcessProtocol):
     def __init__(self, logPath: str) -> None:
-        self.logFile = open(logPath, "ab")
+        self.logFile = open(logPath, "ab")  # noqa: SIM115 - open for the process's lifetime
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.pid: int | None = None
 

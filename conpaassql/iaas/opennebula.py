@@ -53,6 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 from xml.etree.ElementTree import Element
 
 import treq
+from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.error import ConnectError
 from twisted.logger import Logger
@@ -64,7 +65,6 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.error import SchemeNotSupported
-from treq.client import HTTPClient
 
 from conpaassql.iaas.base import (
     CloudFailure,

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from conpaassql.common.files import write_file_atomic, write_secret_file
 from conpaassql.iaas.base import DriverConfigError
-from conpaassql.iaas.bootscript import DEFAULT_MANAGER_TEMPLATE, _ETC, renderPlaceholders
+from conpaassql.iaas.bootscript import _ETC, DEFAULT_MANAGER_TEMPLATE, renderPlaceholders
 from conpaassql.iaas.onetemplate import quoteValue
 
 __all__ = ["main", "render"]
@@ -39,7 +39,7 @@ PASSWORD_PATH = "/etc/conpaassql/opennebula-password"
 
 def _managerConfigForVM(text: str) -> str:
     """The configuration file without the password; the password file path set."""
-    lines = [line for line in text.splitlines() if not re.match(r"\s*OPENNEBULA_PASSWORD(_FILE)?\s*[=:]", line, re.I)]
+    lines = [line for line in text.splitlines() if not re.match(r"\s*OPENNEBULA_PASSWORD(_FILE)?\s*[=:]", line, re.IGNORECASE)]
     out: list[str] = []
     for line in lines:
         out.append(line)

@@ -21,11 +21,12 @@ from typing import Any
 from xml.etree import ElementTree
 from xml.etree.ElementTree import Element
 
+from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
 __all__ = [
-    "Fault",
     "I8",
+    "Fault",
     "WireError",
     "decodeCall",
     "decodeResponse",
@@ -152,7 +153,7 @@ def safeFromString(data: bytes) -> Element:
         parser = ElementTree.XMLParser()
         parser.feed(data)
         return parser.close()
-    except Exception as e:  # ParseError, or defusedxml's refusals
+    except (ElementTree.ParseError, DefusedXmlException, ValueError) as e:
         raise WireError(f"not well-formed XML ({type(e).__name__}: {e})") from None
 
 

@@ -23,7 +23,7 @@ from twisted.trial.unittest import TestCase
 from conpaassql.iaas.onesim import Delays, OneSimService, OneSimulator, SimNetwork, VMBooter
 from conpaassql.iaas.opennebula import OpenNebulaDriver, makeDriver
 
-__all__ = ["FAST", "USER", "PASSWORD", "make_driver", "settings_for", "start_simulator", "free_port"]
+__all__ = ["FAST", "PASSWORD", "USER", "free_port", "make_driver", "settings_for", "start_simulator"]
 
 USER = "conpaassql"
 PASSWORD = "s3cret-pass"
