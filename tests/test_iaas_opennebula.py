@@ -536,6 +536,14 @@ class EndToEndBootTests(TestCase):
             await waitFor(agentRunning, "the agent's server RUNNING", timeout=150)
         except AssertionError as e:
             raise AssertionError(f"{e}; last state {state}\n{self.vmLogs(sim.booter.vmDir(int(info.vmId)))}") from None
+        # Its MariaDB listens on the VM's own address (for replication).
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.protocol import Factory, Protocol
+
+        connection = await TCP4ClientEndpoint(reactor, vm.ip, int(state["mysqld_port"])).connect(
+            Factory.forProtocol(Protocol)
+        )
+        connection.transport.loseConnection()
         wrong = RPCClient(f"http://{vm.ip}:{port}/", "not-the-token", persistent=False, timeout=10)
         with self.assertRaises(RPCError):
             await wrong.call("get_server_state")
