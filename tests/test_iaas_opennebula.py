@@ -498,7 +498,7 @@ class NonAdminTests(TestCase):
         self.assertFalse(e.exception.transient)
 
 
-class EndToEndBootTests(TestCase):
+class SlowEndToEndBootTests(TestCase):
     """
     SLOW (a real agent and mariadbd): the driver creates a VM on the
     simulator, the simulator boots it by running the rendered
