@@ -637,3 +637,56 @@ class RenderTests(SynchronousTestCase):
         with open(config, "w") as f:
             f.write("[iaas]\nDRIVER = OPENNEBULA_XMLRPC\nOPENNEBULA_URL = http://one/RPC2\n")
         self.assertEqual(main(["--config", config, "--out", self.mktemp()]), 2)
+
+
+def _selfSignedPEM(directory: str) -> tuple[str, str]:
+    """A CA-flagged self-signed certificate for "localhost" and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    os.makedirs(directory)
+    certPath, keyPath = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(certPath, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(keyPath, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return certPath, keyPath
+
+
+class HTTPSTests(TestCase):
+    """An https:// endpoint (OpenNebula behind a TLS proxy) with a private CA."""
+
+    async def test_ca_file(self) -> None:
+        from conpaassql.iaas.onesim import OneSimService
+
+        certPath, keyPath = _selfSignedPEM(os.path.abspath(self.mktemp()))
+        sim, plain = await start_simulator(self)
+        tls = OneSimService(sim, f"ssl:0:interface=127.0.0.1:privateKey={keyPath}:certKey={certPath}", reactor=reactor)
+        await tls.listen()
+        self.addCleanup(tls.stopListening)
+        port = tls.url.split(":")[2].split("/")[0]
+        url = f"https://localhost:{port}/RPC2"
+        trusted = make_driver(self, url, TAG, settings_for(url, OPENNEBULA_CA_FILE=certPath))
+        self.assertEqual(await trusted.list(), [])
+        untrusted = make_driver(self, url, TAG, settings_for(url))
+        with self.assertRaises(CloudFailure) as e:
+            await untrusted.list()
+        self.assertIn("cannot reach", str(e.exception))
+        with self.assertRaises(DriverConfigError):
+            parseConfig(settings_for(plain.url, OPENNEBULA_CA_FILE=certPath))

@@ -37,6 +37,7 @@ Settings (the C{[iaas]} section; keys are case-insensitive)::
     OPENNEBULA_CONTEXT_SCRIPT_AGENT = etc/agent-boot.sh.in  ; the boot script template
     OPENNEBULA_CONTEXT_SCRIPT_MANAGER = etc/manager-boot.sh.in  ; used by tools only
     OPENNEBULA_TIMEOUT = 30              ; seconds, per call
+    OPENNEBULA_CA_FILE = /etc/ssl/one-ca.pem  ; optional: trust this CA (PEM) for an https:// URL
     AGENT_PACKAGE / AGENT_WHEEL_URL / AGENT_WHEEL_SHA256  ; see bootscript
 """
 
@@ -54,11 +55,12 @@ from xml.etree.ElementTree import Element
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet import defer
+from twisted.internet import defer, ssl
 from twisted.internet.error import ConnectError
 from twisted.logger import Logger
 from twisted.web.client import (
     Agent,
+    BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     RequestTransmissionFailed,
     ResponseFailed,
@@ -304,7 +306,7 @@ class OneRPC:
 
     def __init__(
         self, url: str, session: str, *, reactor: Any, timeout: float = DEFAULT_TIMEOUT,
-        httpClient: HTTPClient | None = None,
+        httpClient: HTTPClient | None = None, caCertificate: bytes | None = None,
     ) -> None:
         self.url = url
         self.safeUrl = _safeUrl(url)
@@ -317,7 +319,12 @@ class OneRPC:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = 4
             self._pool.retryAutomatically = False
-            httpClient = HTTPClient(Agent(reactor, pool=self._pool, connectTimeout=timeout))
+            kwargs: dict[str, Any] = {}
+            if caCertificate is not None:
+                kwargs["contextFactory"] = BrowserLikePolicyForHTTPS(
+                    trustRoot=ssl.Certificate.loadPEM(caCertificate)
+                )
+            httpClient = HTTPClient(Agent(reactor, pool=self._pool, connectTimeout=timeout, **kwargs))
         self._http = httpClient
 
     def __repr__(self) -> str:  # never show the session
@@ -424,6 +431,7 @@ class OpenNebulaConfig:
     sshPublicKey: str | None
     timeout: float
     boot: BootScript = field(repr=False)
+    caCertificate: bytes | None = field(default=None, repr=False)
 
 
 _KNOWN_KEYS = {
@@ -432,6 +440,7 @@ _KNOWN_KEYS = {
     "OPENNEBULA_SIZE_ID", "OPENNEBULA_CPU", "OPENNEBULA_VCPU", "OPENNEBULA_MEMORY",
     "OPENNEBULA_NETWORK_GATEWAY", "OPENNEBULA_NETWORK_NAMESERVER", "OPENNEBULA_SSH_PUBLIC_KEY",
     "OPENNEBULA_CONTEXT_SCRIPT_AGENT", "OPENNEBULA_CONTEXT_SCRIPT_MANAGER", "OPENNEBULA_TIMEOUT",
+    "OPENNEBULA_CA_FILE",
     *BOOT_KEYS,
 }
 
@@ -522,6 +531,18 @@ def parseConfig(settings: Mapping[str, str]) -> OpenNebulaConfig:
         problems.append("OPENNEBULA_SSH_PUBLIC_KEY: not an OpenSSH public key line")
 
     timeout = seconds(s, "OPENNEBULA_TIMEOUT", DEFAULT_TIMEOUT, problems)
+    caCertificate = None
+    if s.get("OPENNEBULA_CA_FILE"):
+        try:
+            with open(s["OPENNEBULA_CA_FILE"], "rb") as f:
+                caCertificate = f.read()
+            ssl.Certificate.loadPEM(caCertificate)
+        except OSError as e:
+            problems.append(f"OPENNEBULA_CA_FILE: cannot read {s['OPENNEBULA_CA_FILE']}: {e.strerror}")
+        except Exception:  # noqa: BLE001 - pyOpenSSL's errors vary by version
+            problems.append(f"OPENNEBULA_CA_FILE: {s['OPENNEBULA_CA_FILE']} is not a PEM certificate")
+        if not url.startswith("https://"):
+            problems.append("OPENNEBULA_CA_FILE: only for an https:// OPENNEBULA_URL")
     boot = parseBootSettings(s, "OPENNEBULA_CONTEXT_SCRIPT_AGENT", problems)
     if problems:
         raise DriverConfigError(problems)
@@ -529,7 +550,7 @@ def parseConfig(settings: Mapping[str, str]) -> OpenNebulaConfig:
     return OpenNebulaConfig(
         url=url, user=user, password=password, imageId=imageId, networkId=networkId,
         cpu=cpu, vcpu=vcpu, memory=memory, gateway=gateway, nameservers=nameservers,
-        sshPublicKey=sshKey, timeout=timeout, boot=boot,
+        sshPublicKey=sshKey, timeout=timeout, boot=boot, caCertificate=caCertificate,
     )
 
 
@@ -560,7 +581,7 @@ class OpenNebulaDriver:
         self.prefix = vmNamePrefix(serviceTag)
         self.rpc = rpc or OneRPC(
             config.url, f"{config.user}:{config.password}", reactor=reactor,
-            timeout=config.timeout,
+            timeout=config.timeout, caCertificate=config.caCertificate,
         )
         self._version: tuple[int, int] | None = None
 
