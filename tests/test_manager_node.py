@@ -76,10 +76,11 @@ class Harness:
         self.testcase.successResultOf(d)
 
     def add(self, count: int = 1) -> list[int]:
-        nodes = self.testcase.successResultOf(
+        records = self.testcase.successResultOf(
             Deferred.fromCoroutine(self.manager.addNodes("agent", count))
         )
-        return [n.id for n in nodes]
+        self.testcase.assertEqual({r.state for r in records}, {"PENDING"})
+        return [r.id for r in records]
 
     def remove(self, nodeId: int) -> None:
         self.testcase.successResultOf(Deferred.fromCoroutine(self.manager.removeNode(nodeId)))

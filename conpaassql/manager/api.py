@@ -92,11 +92,8 @@ class ManagerAPI:
                 f"(not {function[:32]!r})", "function",
             )
         count = params.int("count", 1, min=1, max=MAX_COUNT)
-        nodes = await self.manager.addNodes(function, count)
-        shown = [
-            {k: v for k, v in self.manager.nodeInfo(n).items() if k in ("id", "ip", "state", "name")}
-            for n in nodes
-        ]
+        records = await self.manager.addNodes(function, count)
+        shown = [{"id": r.id, "ip": r.ip, "state": r.state, "name": r.name} for r in records]
         return {"serviceNode": shown[0] if len(shown) == 1 else shown}
 
     @method(params=("serviceNodeId",), aliases=("delete_nodes",))

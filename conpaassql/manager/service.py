@@ -25,6 +25,7 @@ records the nodes and starts their creation in the background.
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -129,9 +130,11 @@ class Manager(service.Service):
         self.managerUrl: str | None = None
         self.nodes: dict[int, Node] = {}
         self._clients: dict[int, tuple[str, AgentClient]] = {}
-        self._creating: dict[int, Deferred[None]] = {}
-        self._ending: dict[int, Deferred[None]] = {}
-        self._orphans: dict[str, Deferred[None]] = {}
+        #: Node ids whose create, node ids whose terminate, and VM ids of
+        #: orphans whose terminate is under way.
+        self._creating: set[int] = set()
+        self._ending: set[int] = set()
+        self._orphans: set[str] = set()
         self._inflight: set[Deferred[Any]] = set()
         self._listBackoff = 0.0
         self._listRetryAt = 0.0
@@ -278,31 +281,31 @@ class Manager(service.Service):
         if self.phase == "ERROR":
             raise WrongState(f"the service is in ERROR: {self.error}", {"state": "ERROR"})
 
-    async def addNodes(self, function: str, count: int) -> list[Node]:
+    async def addNodes(self, function: str, count: int) -> list[NodeRecord]:
         """
         Record C{count} new PENDING nodes (durably) and start creating their
         VMs in the background.
 
-        @return: the new nodes, as soon as they are recorded.
+        @return: copies of the new nodes' records as recorded (PENDING).
         @raise WrongState: the service is shutting down or failed.
         """
         await self._ensureUsable()
         assert self.serviceTag is not None
         records = await self.registry.addNodes(function, count, self.serviceTag,
                                                self.clock.seconds())
+        shown = [replace(record) for record in records]
         nodes = [self._add(record) for record in records]
         for node in nodes:
             log.info("node {node}: PENDING (asked for, as {name})", node=node.id,
                      name=node.core.record.name)
             self._startCreate(node)
-        return nodes
+        return shown
 
     def _startCreate(self, node: Node) -> None:
         if node.id in self._creating:
             return
-        d = self._track(Deferred.fromCoroutine(self._create(node)))
-        if not d.called:
-            self._creating[node.id] = d
+        self._creating.add(node.id)
+        self._track(Deferred.fromCoroutine(self._create(node)))
 
     async def _create(self, node: Node) -> None:
         assert self.driver is not None
@@ -310,13 +313,13 @@ class Manager(service.Service):
             vm = await self._timed(self.driver.create(self._spec(node.core.record)),
                                    self.config.list_timeout)
         except Exception as e:
+            self._creating.discard(node.id)
             log.warn("node {node}: create failed: {why}", node=node.id, why=_describe(e))
             node.machine.createFailed(_describe(e))
         else:
+            self._creating.discard(node.id)
             node.machine.created(vm)
             node.observe(vm)
-        finally:
-            self._creating.pop(node.id, None)
         if node.state == "TERMINATING":
             self._terminate(node.core)
         await node.core.flush()
@@ -354,9 +357,8 @@ class Manager(service.Service):
         if core.record.vm_id is None:
             node.machine.terminated()
             return
-        d = self._track(Deferred.fromCoroutine(self._end(node, core.record.vm_id)))
-        if not d.called:
-            self._ending[core.id] = d
+        self._ending.add(core.id)
+        self._track(Deferred.fromCoroutine(self._end(node, core.record.vm_id)))
 
     async def _end(self, node: Node, vmId: str) -> None:
         assert self.driver is not None
@@ -365,10 +367,10 @@ class Manager(service.Service):
         except Exception as e:
             log.warn("node {node}: terminate of VM {vm} failed: {why}", node=node.id, vm=vmId,
                      why=_describe(e))
-            self._ending.pop(node.id, None)
+            self._ending.discard(node.id)
             node.machine.terminateFailed(_describe(e))
         else:
-            self._ending.pop(node.id, None)
+            self._ending.discard(node.id)
             node.machine.terminated()
         await node.core.flush()
 
@@ -390,11 +392,10 @@ class Manager(service.Service):
                 log.warn("terminating VM {vm} failed (tried again): {why}", vm=vm.vmId,
                          why=_describe(e))
             finally:
-                self._orphans.pop(vm.vmId, None)
+                self._orphans.discard(vm.vmId)
 
-        d = self._track(Deferred.fromCoroutine(end()))
-        if not d.called:
-            self._orphans[vm.vmId] = d
+        self._orphans.add(vm.vmId)
+        self._track(Deferred.fromCoroutine(end()))
 
     # Shutting down the service.
 

@@ -102,6 +102,7 @@ class ManagerService(service.MultiService):
         driverFactory: Any = None,
         agentClientFactory: Any = None,
         registry: Registry | None = None,
+        stopProcess: Any = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -116,6 +117,7 @@ class ManagerService(service.MultiService):
         self._driverFactory = driverFactory
         self._agentClientFactory = agentClientFactory
         self._registry = registry
+        self._stopProcessHook = stopProcess
         self.manager: Manager | None = None
         self.port: Any = None
         self.listening: Deferred[Any] = Deferred()
@@ -183,7 +185,9 @@ class ManagerService(service.MultiService):
         self._stopProcess()
 
     def _stopProcess(self) -> None:
-        if self.reactor.running:
+        if self._stopProcessHook is not None:
+            self._stopProcessHook()
+        elif self.reactor.running:
             self.reactor.stop()
 
     def stopService(self) -> Deferred[None]:
