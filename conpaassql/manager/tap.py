@@ -128,7 +128,7 @@ class ManagerService(service.MultiService):
         return drivers.makeDriver(
             self.config.driver,
             self.config.driverSettings,
-            stateDir=os.path.join(self.stateDir, "nodes"),
+            stateDir=self.stateDir,
             reactor=self.reactor,
             serviceTag=serviceTag,
         )
@@ -140,7 +140,6 @@ class ManagerService(service.MultiService):
     def startService(self) -> None:
         os.makedirs(self.stateDir, mode=0o700, exist_ok=True)
         os.chmod(self.stateDir, 0o700)
-        os.makedirs(os.path.join(self.stateDir, "nodes"), mode=0o700, exist_ok=True)
         uploads = os.path.join(self.stateDir, "uploads")
         os.makedirs(uploads, mode=0o700, exist_ok=True)
         if self.config.logfile:

@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred
 
 from conpaassql.iaas.base import CloudFailure, NodeSpec, VMInfo, vmNamePrefix
 
-__all__ = ["FakeDriver", "FakeVM"]
+__all__ = ["FakeCloud", "FakeDriver", "FakeVM"]
 
 
 @dataclass
@@ -33,6 +33,14 @@ class FakeVM:
     info: VMInfo
     spec: NodeSpec | None
     bootAt: float | None = None
+
+
+class FakeCloud:
+    """The VMs of one cloud account, which several drivers (services) may share."""
+
+    def __init__(self) -> None:
+        self.vms: dict[str, FakeVM] = {}
+        self.ids = itertools.count(100)
 
 
 class FakeDriver:
@@ -46,6 +54,7 @@ class FakeDriver:
         bootDelay: float = 0.0,
         ip: str = "127.0.0.1",
         agentPort: Callable[[NodeSpec], int | None] | None = None,
+        cloud: FakeCloud | None = None,
     ) -> None:
         self.clock = clock
         self.serviceTag = serviceTag
@@ -55,8 +64,9 @@ class FakeDriver:
         self.ip = ip
         #: Called on create: the port the node's agent will listen on.
         self.agentPort = agentPort
-        self.vms: dict[str, FakeVM] = {}
-        self._ids = itertools.count(100)
+        self.cloud = cloud or FakeCloud()
+        self.vms = self.cloud.vms
+        self._ids = self.cloud.ids
         self.calls: list[tuple[str, Any]] = []
         self.failCreate: Exception | None = None
         self.failList: Exception | None = None
@@ -128,6 +138,8 @@ class FakeDriver:
             await d
         if self.failCreate is not None:
             raise self.failCreate
+        if self.byName(spec.name) is not None:
+            raise CloudFailure(f"a VM named {spec.name} exists", transient=False)
         vmId = str(next(self._ids))
         port = self.agentPort(spec) if self.agentPort else None
         state = "RUNNING" if self.bootDelay == 0 else "PENDING"
