@@ -44,7 +44,8 @@ class Harness:
         self.path = path
         self.driver = fakeDriver or FakeDriver(self.clock)
         self.agents = agents or FakeAgents()
-        settings: dict[str, Any] = dict(poll_interval=POLL, boot_timeout=60,
+        settings: dict[str, Any] = dict(poll_interval=POLL, boot_poll_interval=POLL,
+                                        boot_timeout=60,
                                         unreachable_timeout=30, probe_timeout=5)
         settings.update(config)
         self.config = ManagerConfig(**settings)
@@ -305,6 +306,19 @@ class LifecycleTests(SynchronousTestCase):
         self.h.agents.default = "up"
         self.h.poll(2)
         self.assertEqual(self.h.state(nodeId), "RUNNING")
+
+    def test_faster_polls_while_booting(self) -> None:
+        h = Harness(self, boot_poll_interval=0.5).start()
+        self.addCleanup(h.stop)
+        h.driver.bootDelay = 1.2
+        [nodeId] = h.add()
+        lists = len(h.driver.callsOf("list"))
+        h.clock.pump([0.5] * 3)
+        self.assertEqual(h.state(nodeId), "RUNNING")
+        self.assertEqual(len(h.driver.callsOf("list")) - lists, 3)
+        # Once no node boots, every poll_interval only.
+        h.clock.pump([0.5] * 8)
+        self.assertEqual(len(h.driver.callsOf("list")) - lists, 5)
 
     def test_probes_bounded(self) -> None:
         h = Harness(self, probe_concurrency=3).start()

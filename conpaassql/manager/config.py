@@ -9,6 +9,7 @@ An INI file in the original's shape, read once into a frozen dataclass::
 
     [manager]
     poll_interval = 2         ; seconds between polls (the seed's poll_agents_timer)
+    boot_poll_interval = 0.5  ; seconds between polls while nodes are PENDING or BOOTING
     boot_timeout = 300        ; seconds a node may take from add_nodes to RUNNING
     unreachable_timeout = 600 ; seconds a RUNNING node's agent may stay silent
     probe_timeout = 5         ; seconds for one agent probe
@@ -49,6 +50,7 @@ class ManagerConfig:
         default_factory=lambda: MappingProxyType({}), repr=False
     )
     poll_interval: float = 2.0
+    boot_poll_interval: float = 0.5
     boot_timeout: float = 300.0
     unreachable_timeout: float = 600.0
     probe_timeout: float = 5.0
@@ -63,6 +65,7 @@ class ManagerConfig:
 #: [manager] key -> (type, minimum, maximum)
 _NUMBERS: dict[str, tuple[type, float, float]] = {
     "poll_interval": (float, 0.01, 3600),
+    "boot_poll_interval": (float, 0.01, 3600),
     "boot_timeout": (float, 1, 7 * 86400),
     "unreachable_timeout": (float, 1, 7 * 86400),
     "probe_timeout": (float, 0.1, 600),

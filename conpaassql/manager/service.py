@@ -18,7 +18,9 @@ clock) runs a cycle every C{poll_interval} seconds:
   5. every change is written to the registry before the cycle ends.
 
 The loop body catches and logs everything, so one bad cycle never stops
-polling.  Request handlers never wait for provisioning: L{Manager.addNodes}
+polling.  While nodes are PENDING or BOOTING, cycles run every
+C{boot_poll_interval} instead, so that a new node is seen RUNNING soon after
+it is.  Request handlers never wait for provisioning: L{Manager.addNodes}
 records the nodes and starts their creation in the background.
 """
 
@@ -142,7 +144,10 @@ class Manager(service.Service):
         self.cycles = 0
         self.ready: Deferred[None] = Deferred()
         self._urlKnown: Deferred[None] = Deferred()
-        self._poller = TimerService(config.poll_interval, self._cycle)
+        self._nextCycle = 0.0
+        self._poller = TimerService(
+            min(config.poll_interval, config.boot_poll_interval), self._cycle
+        )
         self._poller.clock = clock
         self._epilogue: Deferred[None] | None = None
 
@@ -432,6 +437,16 @@ class Manager(service.Service):
         return Deferred.fromCoroutine(self._safeCycle())
 
     async def _safeCycle(self) -> None:
+        """
+        The timer ticks every C{boot_poll_interval}; a cycle runs on a tick
+        while nodes are PENDING or BOOTING (so they are seen RUNNING soon),
+        and otherwise every C{poll_interval}.
+        """
+        now = self.clock.seconds()
+        booting = any(n.state in ("PENDING", "BOOTING") for n in self.nodes.values())
+        if not booting and now < self._nextCycle:
+            return
+        self._nextCycle = now + self.config.poll_interval
         try:
             await self.pollOnce()
         except Exception:
