@@ -220,6 +220,29 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIn("cannot connect", error)
         self.assertEqual(self.h.stored()[nodeId][0], "ERROR")
 
+    def test_server_start_retried_then_error(self) -> None:
+        self.h.agents.default = "failed"
+        [nodeId] = self.h.add()
+        self.h.poll()
+        starts = [c for c in self.h.agents.calls if c[1] == "start_server"]
+        self.assertEqual(len(starts), 1)
+        self.assertEqual(self.h.state(nodeId), "BOOTING")
+        self.h.poll()
+        self.assertEqual(self.h.state(nodeId), "BOOTING")
+        self.h.poll()
+        self.assertEqual(len([c for c in self.h.agents.calls if c[1] == "start_server"]), 2)
+        self.assertEqual(self.h.state(nodeId), "ERROR")
+        self.assertIn("database server did not start: initialising the data directory failed "
+                      "(after 2 more attempts)", self.h.info(nodeId)["error"])
+
+    def test_server_start_retried_then_running(self) -> None:
+        self.h.agents.default = "failed"
+        [nodeId] = self.h.add()
+        self.h.poll()
+        self.h.agents.default = "up"
+        self.h.poll()
+        self.assertEqual(self.h.state(nodeId), "RUNNING")
+
     def test_pending_deadline(self) -> None:
         self.h.driver.bootDelay = 1000
         [nodeId] = self.h.add()

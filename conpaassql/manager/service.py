@@ -71,6 +71,11 @@ PHASES = ("INIT", "PROLOGUE", "RUNNING", "ADAPTING", "EPILOGUE", "STOPPED", "ERR
 #: The longest wait between cloud list calls after failures.
 MAX_LIST_BACKOFF = 60.0
 
+#: How often a booting node's agent is asked to start its server again after
+#: the server failed to start (e.g. a failed data directory initialisation),
+#: before the node is ERROR.
+MAX_START_ATTEMPTS = 2
+
 
 class AgentClient(Protocol):
     """What the manager needs of an agent's client (L{conpaassql.rpc.client.RPCClient})."""
@@ -561,11 +566,31 @@ class Manager(service.Service):
             node.machine.agentDown(f"the agent sent an unexpected reply: {result!r:.100}")
         elif info.get("isRunningMySQL") is True:
             node.machine.agentUp(info)
+        elif node.state == "BOOTING" and info.get("state") == "STOPPED" and info.get("error"):
+            reason = f"its database server did not start: {info['error']}"
+            if node.core.startAttempts >= MAX_START_ATTEMPTS:
+                node.machine.agentFailed(
+                    f"{reason} (after {MAX_START_ATTEMPTS} more attempts)")
+                return
+            node.core.startAttempts += 1
+            log.warn("node {node}: {reason}; asking its agent to start it again",
+                     node=node.id, reason=reason)
+            node.machine.agentDown(reason)
+            self._track(Deferred.fromCoroutine(self._startServer(node, client)))
         else:
             node.machine.agentDown(
                 f"the agent answers but its database server is {info.get('state')}"
                 + (f" ({info['error']})" if info.get("error") else "")
             )
+
+    async def _startServer(self, node: Node, client: AgentClient) -> None:
+        try:
+            await self._timed(
+                client.call("start_server", {}, timeout=self.config.agent_call_timeout),
+                self.config.agent_call_timeout + 1,
+            )
+        except Exception as e:
+            log.warn("node {node}: start_server failed: {why}", node=node.id, why=_describe(e))
 
     async def _flushAll(self) -> None:
         for node in list(self.nodes.values()):
