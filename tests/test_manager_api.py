@@ -14,7 +14,6 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor as _reactor
-
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -124,7 +123,9 @@ class APITests(TestCase):
             data=b'{"params": {"function": "agent"}, "method": "add_nodes", "id": "1"}',
         )
         self.assertEqual(code, 200)
-        tag = self.m.service.manager.serviceTag  # type: ignore[union-attr]
+        assert self.m.service.manager is not None
+        tag = self.m.service.manager.serviceTag
+        assert tag is not None
         self.assertEqual(body, {
             "result": {"serviceNode": {"id": 1, "ip": None, "state": "PENDING",
                                        "name": vmName(tag, 1)}},

@@ -414,7 +414,7 @@ class LifecycleTests(SynchronousTestCase):
         f = self.failureResultOf(
             Deferred.fromCoroutine(self.h.manager.removeNode(master)), Conflict
         )
-        self.assertIn(f"replicate from it", f.value.message)
+        self.assertIn("replicate from it", f.value.message)
         self.h.remove(slave)
         self.h.remove(master)
         self.assertEqual(self.h.manager.nodes, {})

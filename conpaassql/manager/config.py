@@ -28,13 +28,12 @@ C{makeDriver} (see L{conpaassql.manager.drivers}).
 
 from __future__ import annotations
 
-import configparser
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from conpaassql.common.config import ConfigError, ConfigProblem
+from conpaassql.common.config import ConfigError, ConfigProblem, readConfigText, readIni
 from conpaassql.manager.drivers import DRIVERS, driverModule
 
 __all__ = ["ConfigError", "ConfigProblem", "ManagerConfig", "load_config", "parse_config"]
@@ -84,22 +83,10 @@ def parse_config(text: str, source: str = "<config>") -> ManagerConfig:
 
     @raise ConfigError: listing every problem found.
     """
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    problems: list[ConfigProblem] = []
+    parser, problems = readIni(text, source, ("iaas", "manager"))
 
     def problem(section: str | None, key: str | None, message: str) -> None:
         problems.append(ConfigProblem(section, key, message))
-
-    try:
-        parser.read_string(text, source=source)
-    except configparser.Error as e:
-        raise ConfigError(source, [ConfigProblem(None, None, f"cannot parse: {e.message}")])
-    if parser.defaults():
-        problem("DEFAULT", None, "the DEFAULT section is not used; move its keys to a section")
-    for section in parser.sections():
-        if section not in ("iaas", "manager"):
-            problem(section, None, "unknown section; known: iaas, manager")
 
     driver = "LOCAL"
     settings: dict[str, str] = {}
@@ -166,9 +153,4 @@ def load_config(path: str | None) -> ManagerConfig:
     """
     if path is None:
         return parse_config("", "<defaults>")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, [ConfigProblem(None, None, f"cannot read: {e}")])
-    return parse_config(text, path)
+    return parse_config(readConfigText(path), path)

@@ -27,8 +27,8 @@ records the nodes and starts their creation in the background.
 from __future__ import annotations
 
 import collections
-from dataclasses import replace
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from twisted.application import service
@@ -59,7 +59,7 @@ from conpaassql.rpc.errors import (
     WrongState,
 )
 
-__all__ = ["AgentClient", "Manager", "PHASES"]
+__all__ = ["PHASES", "AgentClient", "Manager"]
 
 log = Logger()
 
@@ -502,9 +502,9 @@ class Manager(service.Service):
             elif vm.state != "GONE":
                 self._terminateOrphan(vm)
         for node in list(self.nodes.values()):
-            vm = listed.get(node.id)
-            if vm is not None:
-                node.observe(vm)
+            seen = listed.get(node.id)
+            if seen is not None:
+                node.observe(seen)
             elif node.id in self._creating:
                 continue  # not listed yet
             elif node.state == "PENDING" and node.core.record.vm_id is None:
