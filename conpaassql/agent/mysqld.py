@@ -64,6 +64,7 @@ from twisted.python.failure import Failure
 from conpaassql.agent import mycnf
 from conpaassql.agent.config import AgentConfig
 from conpaassql.common.files import write_file_atomic, write_secret_file
+from conpaassql.common.procfs import pid_alive as _pid_alive
 
 __all__ = [
     "INIT",
@@ -408,25 +409,6 @@ def _read_bytes(path: str) -> bytes:
     """
     with open(path, "rb") as f:
         return f.read()
-
-
-def _pid_alive(pid: int) -> bool:
-    """
-    Whether a process exists and is not a zombie.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 def _cmdline(pid: int) -> str:
