@@ -207,6 +207,17 @@ class ManagedServerTests(TestCase):
         self.assertTrue(server.datadir.startswith(server.base_dir))
         self.assertEqual(bind, "127.0.0.1")
 
+    async def test_private_tmpdir(self) -> None:
+        """
+        The instance has a temporary directory of its own (0700), used by its
+        bootstrap and its server: bootstraps sharing /tmp collide.
+        """
+        server = await managed_server(self)
+        tmpdir = os.path.join(server.base_dir, "tmp")
+        self.assertEqual(stat.S_IMODE(os.stat(tmpdir).st_mode), 0o700)
+        rows = await _query(server.connect_args(), "SELECT @@tmpdir")
+        self.assertEqual(os.path.realpath(rows[0][0]), os.path.realpath(tmpdir))
+
     async def test_root_secured(self) -> None:
         """
         The root password is in a 0600 file; root without password is

@@ -830,6 +830,7 @@ class ManagedServer(_ServerBase):
         exist.
         """
         os.makedirs(self.base_dir, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(self.base_dir, "tmp"), mode=0o700, exist_ok=True)
         await self._detect_version()
         if self._password is None:
             self._password = self._load_or_create_password()
@@ -965,13 +966,19 @@ class ManagedServer(_ServerBase):
         if os.path.exists(work):
             shutil.rmtree(work)
         os.makedirs(os.path.dirname(datadir), exist_ok=True)
-        small = ["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M"]
+        # A private temporary directory: bootstraps sharing /tmp collide on
+        # their temporary table files (seen with several nodes made at once).
+        tmpdir = os.path.join(self.base_dir, "tmp")
+        os.makedirs(tmpdir, mode=0o700, exist_ok=True)
+        small = ["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M",
+                 f"--tmpdir={tmpdir}"]
         user = [f"--user={_user_name()}"] if os.geteuid() == 0 else []
         install_db = self._settings.install_db
         if self.flavor == "mysql" or install_db is None:
             mysqld = self._settings.mysqld
             assert mysqld is not None
-            argv = [mysqld, "--no-defaults", "--initialize-insecure", f"--datadir={work}"]
+            argv = [mysqld, "--no-defaults", "--initialize-insecure", f"--datadir={work}",
+                    f"--tmpdir={tmpdir}"]
             argv += user
         else:
             argv = [
@@ -1029,6 +1036,7 @@ class ManagedServer(_ServerBase):
             ("port", str(port)),
             ("bind-address", self._settings.bind_address),
             ("pid-file", self.pid_file_path),
+            ("tmpdir", os.path.join(self.base_dir, "tmp")),
             ("innodb_buffer_pool_size", "32M"),
             ("innodb_log_file_size", "16M"),
         ]

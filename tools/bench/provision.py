@@ -47,16 +47,19 @@ def bareInstance(base: str) -> float:
     datadir = os.path.join(base, "data")
     sock = os.path.join(base, "s.sock")
     user = ["--user=root"] if os.geteuid() == 0 else []
+    tmpdir = os.path.join(base, "tmp")
+    os.makedirs(tmpdir)
+    small = [*SMALL, f"--tmpdir={tmpdir}"]
     started = time.monotonic()
     subprocess.run(
         [installDb, "--no-defaults", f"--datadir={datadir}",
-         "--auth-root-authentication-method=normal", "--skip-test-db", *user, *SMALL],
+         "--auth-root-authentication-method=normal", "--skip-test-db", *user, *small],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base,
     )
     server = subprocess.Popen(
         [mysqld, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}", "--port=0",
          "--skip-networking", f"--pid-file={base}/mysqld.pid",
-         f"--log-error={base}/error.log", *user, *SMALL],
+         f"--log-error={base}/error.log", *user, *small],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base,
     )
     try:
