@@ -39,6 +39,12 @@ class ConfigTests(SynchronousTestCase):
             agent_call_timeout=30, upload_timeout=600, agent_port=61000, logfile="/tmp/m.log",
         ))
 
+    def test_boot_poll_interval(self) -> None:
+        self.assertEqual(ManagerConfig().bootPollInterval, 0.2)
+        self.assertEqual(ManagerConfig(poll_interval=0.1).bootPollInterval, 0.1)
+        self.assertEqual(ManagerConfig(driver="OPENNEBULA_XMLRPC").bootPollInterval, 2.0)
+        self.assertEqual(ManagerConfig(boot_poll_interval=1.0).bootPollInterval, 1.0)
+
     def test_seed_poll_agents_timer(self) -> None:
         self.assertEqual(parse_config("[manager]\npoll_agents_timer = 10\n").poll_interval, 10)
 

@@ -9,7 +9,8 @@ An INI file in the original's shape, read once into a frozen dataclass::
 
     [manager]
     poll_interval = 2         ; seconds between polls (the seed's poll_agents_timer)
-    boot_poll_interval = 0.5  ; seconds between polls while nodes are PENDING or BOOTING
+    boot_poll_interval =      ; seconds between polls while nodes are PENDING or BOOTING
+                              ; (default 0.2 on the LOCAL driver, else poll_interval)
     boot_timeout = 300        ; seconds a node may take from add_nodes to RUNNING
     unreachable_timeout = 600 ; seconds a RUNNING node's agent may stay silent
     probe_timeout = 5         ; seconds for one agent probe
@@ -49,7 +50,9 @@ class ManagerConfig:
         default_factory=lambda: MappingProxyType({}), repr=False
     )
     poll_interval: float = 2.0
-    boot_poll_interval: float = 0.5
+    #: L{None}: 0.2 s on the LOCAL driver (a list is a directory scan there),
+    #: else C{poll_interval} (see L{bootPollInterval}).
+    boot_poll_interval: float | None = None
     boot_timeout: float = 300.0
     unreachable_timeout: float = 600.0
     probe_timeout: float = 5.0
@@ -59,6 +62,13 @@ class ManagerConfig:
     upload_timeout: float = 3600.0
     agent_port: int = 60000
     logfile: str | None = None
+
+    @property
+    def bootPollInterval(self) -> float:
+        """Seconds between polls while nodes are PENDING or BOOTING."""
+        if self.boot_poll_interval is not None:
+            return self.boot_poll_interval
+        return min(0.2, self.poll_interval) if self.driver == "LOCAL" else self.poll_interval
 
 
 #: [manager] key -> (type, minimum, maximum)

@@ -151,7 +151,7 @@ class Manager(service.Service):
         self._urlKnown: Deferred[None] = Deferred()
         self._nextCycle = 0.0
         self._poller = TimerService(
-            min(config.poll_interval, config.boot_poll_interval), self._cycle
+            min(config.poll_interval, config.bootPollInterval), self._cycle
         )
         self._poller.clock = clock
         self._epilogue: Deferred[None] | None = None
