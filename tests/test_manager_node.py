@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from conpaassql.iaas.base import CONTEXT_KEYS, CloudFailure, vmName
+from conpaassql.manager import lifecycle
 from conpaassql.manager import node as nodemodule
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.registry import Registry, SynchronousPool
@@ -114,6 +115,41 @@ class Harness:
 
 
 class MachineTests(SynchronousTestCase):
+    def test_lifecycle_complete(self) -> None:
+        automaton = lifecycle.LifecycleMachine.__automat_automaton__
+        inputs = [m for m in dir(lifecycle.Lifecycle) if not m.startswith("_")]
+        missing = []
+        for state in (lifecycle.init, lifecycle.prologue, lifecycle.running,
+                      lifecycle.epilogue, lifecycle.stopped, lifecycle.error):
+            for name in inputs:
+                try:
+                    automaton.outputForInput(state, name)
+                except NoTransition:
+                    missing.append((state.name, name))
+        self.assertEqual(missing, [])
+
+    def test_lifecycle(self) -> None:
+        core = lifecycle.PhaseCore()
+        machine = lifecycle.LifecycleMachine(core)
+        self.assertFalse(machine.shutdown())
+        self.assertEqual(core.phase, "INIT")
+        machine.start()
+        self.assertEqual(core.phase, "PROLOGUE")
+        machine.polled()
+        self.assertEqual(core.phase, "RUNNING")
+        self.assertTrue(machine.shutdown())
+        self.assertFalse(machine.shutdown())
+        self.assertEqual(core.phase, "EPILOGUE")
+        machine.polled()
+        machine.nodesGone()
+        self.assertEqual(core.phase, "STOPPED")
+        failing = lifecycle.PhaseCore()
+        other = lifecycle.LifecycleMachine(failing)
+        other.start()
+        other.startFailed("no registry")
+        self.assertEqual((failing.phase, failing.error), ("ERROR", "no registry"))
+        self.assertFalse(other.shutdown())
+
     def test_every_input_defined_in_every_state(self) -> None:
         automaton = nodemodule.NodeMachine.__automat_automaton__
         inputs = [m for m in dir(nodemodule.NodeInputs) if not m.startswith("_")]
@@ -606,6 +642,7 @@ class PersistenceTests(SynchronousTestCase):
         self.assertIn("cannot start", info["error"])
         self.failureResultOf(Deferred.fromCoroutine(h.manager.addNodes("agent", 1)),
                              WrongState)
+        self.failureResultOf(Deferred.fromCoroutine(h.manager.shutdown()), WrongState)
 
     def test_record_copy_written(self) -> None:
         h = Harness(self).start()

@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 
 from conpaassql.iaas.base import IaaSDriver, NodeSpec, VMInfo, nodeIdOfName
 from conpaassql.manager.config import ManagerConfig
+from conpaassql.manager.lifecycle import Lifecycle, LifecycleMachine, PhaseCore
 from conpaassql.manager.node import ADAPTING_STATES, Node, NodeCore, NodeHooks
 from conpaassql.manager.registry import NodeRecord, Registry
 from conpaassql.rpc.errors import (
@@ -130,8 +131,8 @@ class Manager(service.Service):
         self._agentClientFactory = agentClientFactory
         self.clock = clock
         self._stopProcess = stopProcess
-        self.phase = "INIT"
-        self.error: str | None = None
+        self._phase = PhaseCore()
+        self.lifecycle: Lifecycle = LifecycleMachine(self._phase)
         self.serviceTag: str | None = None
         self.driver: IaaSDriver | None = None
         self.managerUrl: str | None = None
@@ -158,12 +159,14 @@ class Manager(service.Service):
 
     # Phases.
 
-    def _setPhase(self, phase: str, error: str | None = None) -> None:
-        if phase != self.phase:
-            log.info("manager: {old} -> {new}", old=self.phase, new=phase)
-        self.phase = phase
-        if error is not None:
-            self.error = error
+    @property
+    def phase(self) -> str:
+        """The lifecycle's state (L{conpaassql.manager.lifecycle})."""
+        return self._phase.phase
+
+    @property
+    def error(self) -> str | None:
+        return self._phase.error
 
     def serviceState(self) -> str:
         """The state get_service_info reports; RUNNING becomes ADAPTING while nodes move."""
@@ -183,7 +186,7 @@ class Manager(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self._setPhase("PROLOGUE")
+        self.lifecycle.start()
         self._track(Deferred.fromCoroutine(self._prologue()))
 
     async def _prologue(self) -> None:
@@ -195,7 +198,7 @@ class Manager(service.Service):
                 self._add(record)
         except Exception as e:
             log.failure("manager: cannot start")
-            self._setPhase("ERROR", f"cannot start: {_describe(e)}")
+            self.lifecycle.startFailed(f"cannot start: {_describe(e)}")
             self.ready.callback(None)
             return
         log.info(
@@ -415,9 +418,10 @@ class Manager(service.Service):
         the manager is STOPPED and C{stopProcess} is called.
         """
         await self.ready
-        if self.phase in ("EPILOGUE", "STOPPED"):
+        if self.phase == "ERROR":
+            raise WrongState(f"the service is in ERROR: {self.error}", {"state": "ERROR"})
+        if not self.lifecycle.shutdown():
             return
-        self._setPhase("EPILOGUE")
         for node in list(self.nodes.values()):
             node.machine.remove()
         await gatherResults([n.core.flush() for n in self.nodes.values()])
@@ -426,7 +430,7 @@ class Manager(service.Service):
     async def _finish(self) -> None:
         while self.nodes or self._orphans:
             await deferLater(self.clock, min(self.config.poll_interval, 0.5))
-        self._setPhase("STOPPED")
+        self.lifecycle.nodesGone()
         log.info("manager: every node is terminated; stopping")
         self.clock.callLater(0.2, self._stopProcess)
 
@@ -485,8 +489,7 @@ class Manager(service.Service):
                 self._terminate(node.core)
         await self._flushAll()
         self.cycles += 1
-        if self.phase == "PROLOGUE":
-            self._setPhase("RUNNING")
+        self.lifecycle.polled()
 
     def _reconcile(self, vms: Iterable[VMInfo]) -> None:
         assert self.serviceTag is not None
