@@ -515,6 +515,20 @@ class LifecycleTests(SynchronousTestCase):
         self.h.clock.advance(1)
         self.assertEqual(self.h.stopped, 1)
 
+    def test_stop_during_shutdown(self) -> None:
+        h = Harness(self).start()
+        [nodeId] = h.add()
+        h.driver.failTerminate = CloudFailure("busy")
+        self.successResultOf(Deferred.fromCoroutine(h.manager.shutdown()))
+        h.poll()
+        h.stop()
+        self.assertEqual(h.stored()[nodeId][0], "TERMINATING")
+        h.driver.failTerminate = None
+        again = Harness(self, path=h.path, clock=h.clock, fakeDriver=h.driver,
+                        agents=h.agents).start()
+        self.addCleanup(again.stop)
+        self.assertEqual(again.state(nodeId), "TERMINATED")
+
     def test_service_info(self) -> None:
         self.h.driver.failCreate = CloudFailure("no")
         self.h.add()

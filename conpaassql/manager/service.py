@@ -106,6 +106,40 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+class _ClosingClient:
+    """
+    An agent client that, once closed, closes its connections again when its
+    last call in flight ends (a connection in use when the pool is closed
+    would otherwise go back to the pool and stay open).
+    """
+
+    def __init__(self, client: AgentClient) -> None:
+        self._client = client
+        self._calls = 0
+        self._closed = False
+
+    async def _counted(self, work: Awaitable[Any]) -> Any:
+        self._calls += 1
+        try:
+            return await work
+        finally:
+            self._calls -= 1
+            if self._closed and self._calls == 0:
+                await self._client.close()
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None, *,
+                   timeout: float | None = None) -> Any:
+        return await self._counted(self._client.call(method, params, timeout=timeout))
+
+    async def upload(self, method: str, params: Mapping[str, str], files: Mapping[str, Any],
+                     *, timeout: float | None = None) -> Any:
+        return await self._counted(self._client.upload(method, params, files, timeout=timeout))
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._client.close()
+
+
 class Manager(service.Service):
     """
     @param registry: the node registry (opened on start, closed on stop).
@@ -223,6 +257,10 @@ class Manager(service.Service):
             self._urlKnown.callback(None)
         if self._poller.running:
             await self._poller.stopService()
+        if self._epilogue is not None:
+            # Stopped during a shutdown: the nodes left TERMINATING are ended
+            # after the next start.
+            self._epilogue.cancel()
         while self._inflight:
             await DeferredList(list(self._inflight))
         for nodeId in list(self._clients):
@@ -240,7 +278,7 @@ class Manager(service.Service):
 
         def done(result: Any) -> None:
             self._inflight.discard(d)
-            if isinstance(result, Failure):
+            if isinstance(result, Failure) and not result.check(CancelledError):
                 log.failure("manager: background work failed", result)
 
         d.addBoth(done)
@@ -535,7 +573,7 @@ class Manager(service.Service):
             return known[1]
         if known is not None:
             self._track(Deferred.fromCoroutine(known[1].close()))
-        client = self._agentClientFactory(url, node.core.record.token)
+        client = _ClosingClient(self._agentClientFactory(url, node.core.record.token))
         self._clients[node.id] = (url, client)
         return client
 
