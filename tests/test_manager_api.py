@@ -320,6 +320,22 @@ class APITests(TestCase):
         })
 
 
+class LogFileTests(TestCase):
+    async def test_logfile(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        m = ManagerFixture(self)
+        m.config = ManagerConfig(poll_interval=0.05, logfile=path)
+        await m.start()
+        await m.call("add_nodes", {})
+        await m.running(1)
+        await m.stop()
+        with open(path) as f:
+            text = f.read()
+        self.assertIn("manager API listening at " + m.url, text)
+        self.assertIn("node 1: BOOTING -> RUNNING", text)
+        self.assertNotIn(m.tokens[1], text)
+
+
 class RestartTests(TestCase):
     async def test_restart_keeps_nodes(self) -> None:
         first = await ManagerFixture(self).start()
