@@ -209,14 +209,13 @@ class ManagedServerTests(TestCase):
 
     async def test_private_tmpdir(self) -> None:
         """
-        The instance has a temporary directory of its own (0700), used by its
-        bootstrap and its server: bootstraps sharing /tmp collide.
+        The server's tmpdir is its own (0700): a starting mariadbd deletes
+        every #sql* file in its tmpdir, other instances' temporary tables too.
         """
         server = await managed_server(self)
-        tmpdir = os.path.join(server.base_dir, "tmp")
-        self.assertEqual(stat.S_IMODE(os.stat(tmpdir).st_mode), 0o700)
-        rows = await _query(server.connect_args(), "SELECT @@tmpdir")
-        self.assertEqual(os.path.realpath(rows[0][0]), os.path.realpath(tmpdir))
+        [(tmpdir,)] = await _query(server.connect_args(), "SELECT @@tmpdir")
+        self.assertEqual(os.path.realpath(tmpdir), os.path.realpath(server.tmp_dir))
+        self.assertEqual(stat.S_IMODE(os.stat(server.tmp_dir).st_mode), 0o700)
 
     async def test_root_secured(self) -> None:
         """

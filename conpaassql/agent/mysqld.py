@@ -659,7 +659,10 @@ class ManagedServer(_ServerBase):
     Files: C{data/} (the data directory), C{my.cnf} (generated at first
     start, then only edited), C{root.cnf} (the root password in C{[client]}
     format, 0600; also the L{client_defaults_file}), C{error.log} (the
-    server's and the initialisation's output), C{mysqld.pid}.  The unix
+    server's and the initialisation's output), C{mysqld.pid}, C{tmp/} (the
+    server's private C{tmpdir}: a starting C{mariadbd} deletes every
+    C{#sql*} file in its tmpdir, which breaks any other instance initialising
+    in a shared C{/tmp} at the same time).  The unix
     socket is C{mysqld.sock} there, or, when that path is too long for a
     unix socket, in a private directory C{/tmp/cq-*} recorded in C{my.cnf}.
 
@@ -708,6 +711,7 @@ class ManagedServer(_ServerBase):
         self.error_log_path = os.path.join(self.base_dir, "error.log")
         self.pid_file_path = os.path.join(self.base_dir, "mysqld.pid")
         self.datadir = os.path.join(self.base_dir, "data")
+        self.tmp_dir = os.path.join(self.base_dir, "tmp")
         self.socket_path: str | None = None
         self._home = self.base_dir
         self._password: str | None = None
@@ -830,7 +834,7 @@ class ManagedServer(_ServerBase):
         exist.
         """
         os.makedirs(self.base_dir, mode=0o700, exist_ok=True)
-        os.makedirs(os.path.join(self.base_dir, "tmp"), mode=0o700, exist_ok=True)
+        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
         await self._detect_version()
         if self._password is None:
             self._password = self._load_or_create_password()
@@ -966,19 +970,14 @@ class ManagedServer(_ServerBase):
         if os.path.exists(work):
             shutil.rmtree(work)
         os.makedirs(os.path.dirname(datadir), exist_ok=True)
-        # A private temporary directory: bootstraps sharing /tmp collide on
-        # their temporary table files (seen with several nodes made at once).
-        tmpdir = os.path.join(self.base_dir, "tmp")
-        os.makedirs(tmpdir, mode=0o700, exist_ok=True)
-        small = ["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M",
-                 f"--tmpdir={tmpdir}"]
+        small = ["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M"]
         user = [f"--user={_user_name()}"] if os.geteuid() == 0 else []
         install_db = self._settings.install_db
         if self.flavor == "mysql" or install_db is None:
             mysqld = self._settings.mysqld
             assert mysqld is not None
-            argv = [mysqld, "--no-defaults", "--initialize-insecure", f"--datadir={work}",
-                    f"--tmpdir={tmpdir}"]
+            argv = [mysqld, "--no-defaults", "--initialize-insecure", f"--datadir={work}"]
+            argv.append(f"--tmpdir={self.tmp_dir}")
             argv += user
         else:
             argv = [
@@ -987,6 +986,7 @@ class ManagedServer(_ServerBase):
                 f"--datadir={work}",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
+                f"--tmpdir={self.tmp_dir}",
                 *user,
                 *small,
             ]
@@ -1036,7 +1036,7 @@ class ManagedServer(_ServerBase):
             ("port", str(port)),
             ("bind-address", self._settings.bind_address),
             ("pid-file", self.pid_file_path),
-            ("tmpdir", os.path.join(self.base_dir, "tmp")),
+            ("tmpdir", self.tmp_dir),
             ("innodb_buffer_pool_size", "32M"),
             ("innodb_log_file_size", "16M"),
         ]
