@@ -503,6 +503,24 @@ class LocalAgentTests(TestCase):
             self.assertFalse(os.path.exists(socketDir))
         self.assertEqual(await driver.list(), [])
 
+    async def test_two_nodes_at_once(self) -> None:
+        """
+        Two nodes created together (add_nodes with count 2) both run, each
+        with its own agent and server.
+        """
+        driver = self.cloud.driver()
+        specs = [spec(11), spec(12)]
+        infos = [await driver.create(s) for s in specs]
+        states = []
+        for nodeSpec, info in zip(specs, infos, strict=True):
+            running = await waitFor(driver, info.vmId, ("RUNNING", "FAILED"))
+            self.assertEqual(running.state, "RUNNING", running.detail)
+            states.append(await serverRunning(running, nodeSpec.context["AGENT_TOKEN"]))
+        self.assertEqual([s["state"] for s in states], ["RUNNING", "RUNNING"], states)
+        self.assertNotEqual(states[0]["port"], states[1]["port"])
+        self.assertNotEqual(states[0]["mysqld_port"], states[1]["mysqld_port"])
+        self.assertEqual([i.vmId for i in await driver.list()], [i.vmId for i in infos])
+
     async def test_agent_port_from_context(self) -> None:
         driver = self.cloud.driver()
         port = _freePort()
