@@ -114,19 +114,24 @@ class Harness:
         return self.manager.nodes[nodeId].core.record.agent_port
 
 
+def undefined(machine: Any, inputs: type, states: Any) -> list[tuple[str, str]]:
+    """The (state, input) pairs of a machine with no transition: none, please."""
+    automaton = machine.__automat_automaton__
+    missing = []
+    for state in states:
+        for name in [m for m in dir(inputs) if not m.startswith("_")]:
+            try:
+                automaton.outputForInput(state, name)
+            except NoTransition:
+                missing.append((state.name, name))
+    return missing
+
+
 class MachineTests(SynchronousTestCase):
     def test_lifecycle_complete(self) -> None:
-        automaton = lifecycle.LifecycleMachine.__automat_automaton__
-        inputs = [m for m in dir(lifecycle.Lifecycle) if not m.startswith("_")]
-        missing = []
-        for state in (lifecycle.init, lifecycle.prologue, lifecycle.running,
-                      lifecycle.epilogue, lifecycle.stopped, lifecycle.error):
-            for name in inputs:
-                try:
-                    automaton.outputForInput(state, name)
-                except NoTransition:
-                    missing.append((state.name, name))
-        self.assertEqual(missing, [])
+        self.assertEqual(undefined(lifecycle.LifecycleMachine, lifecycle.Lifecycle, (
+            lifecycle.init, lifecycle.prologue, lifecycle.running, lifecycle.epilogue,
+            lifecycle.stopped, lifecycle.error)), [])
 
     def test_lifecycle(self) -> None:
         core = lifecycle.PhaseCore()
@@ -151,19 +156,10 @@ class MachineTests(SynchronousTestCase):
         self.assertFalse(other.shutdown())
 
     def test_every_input_defined_in_every_state(self) -> None:
-        automaton = nodemodule.NodeMachine.__automat_automaton__
-        inputs = [m for m in dir(nodemodule.NodeInputs) if not m.startswith("_")]
-        states = [nodemodule.pending, nodemodule.booting, nodemodule.running,
-                  nodemodule.unreachable, nodemodule.error, nodemodule.terminating,
-                  nodemodule.terminated]
-        missing = []
-        for state in states:
-            for name in inputs:
-                try:
-                    automaton.outputForInput(state, name)
-                except NoTransition:
-                    missing.append((state.name, name))
-        self.assertEqual(missing, [])
+        self.assertEqual(undefined(nodemodule.NodeMachine, nodemodule.NodeInputs, (
+            nodemodule.pending, nodemodule.booting, nodemodule.running,
+            nodemodule.unreachable, nodemodule.error, nodemodule.terminating,
+            nodemodule.terminated)), [])
 
 
 class LifecycleTests(SynchronousTestCase):
