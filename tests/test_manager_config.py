@@ -132,6 +132,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsInstance(e, usage.UsageError)
         self.assertIn("[manager] foo: unknown key", str(e))
 
+    def test_driver_settings_checked_at_start(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[iaas]\nLOCAL_BIND_ADDRESS = somewhere\n")
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, ["--config", path])
+        self.assertIn("LOCAL_BIND_ADDRESS must be an IP address", str(e))
+
     def test_check_config_asks_the_driver(self) -> None:
         e, _ = self.check("[iaas]\nLOCAL_BOOT_TIMEOUT = never\nLOCAL_COLOUR = red\n")
         self.assertIsInstance(e, usage.UsageError)

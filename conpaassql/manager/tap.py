@@ -35,7 +35,8 @@ REGISTRY_FILE = "registry.sqlite"
 def checkDriver(config: ManagerConfig, reactor: Any) -> None:
     """
     Build (and drop) the configured driver in a scratch directory, so that
-    its settings are checked before the manager starts.
+    its settings are checked before the manager starts (twistd then refuses
+    to start with every problem listed).
 
     @raise ConfigError: the driver refuses its settings.
     """
@@ -69,10 +70,9 @@ class Options(usage.Options):
             self["token-file"] = os.path.join(self["state-dir"], "api-token")
         try:
             self["parsed-config"] = load_config(self["config"])
-            if self["check-config"]:
-                from twisted.internet import reactor
+            from twisted.internet import reactor
 
-                checkDriver(self["parsed-config"], reactor)
+            checkDriver(self["parsed-config"], reactor)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         if self["check-config"]:
