@@ -110,7 +110,7 @@ async def main(reactor: Any, runs: int, overrides: dict[str, float], keep: bool)
         bare: list[float] = []
         node: list[float] = []
         print(f"poll_interval {config.poll_interval:g} s, boot_poll_interval "
-              f"{config.boot_poll_interval:g} s; {runs} runs of each, alternating")
+              f"{config.bootPollInterval:g} s; {runs} runs of each, alternating")
         for i in range(runs):
             base = os.path.join(work, f"bare-{i}")
             os.makedirs(base)
