@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import sys
 from types import MappingProxyType
 
@@ -15,7 +16,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from conpaassql.common.config import ConfigError
 from conpaassql.manager import drivers
 from conpaassql.manager.config import ManagerConfig, load_config, parse_config
-from conpaassql.manager.tap import DEFAULT_LISTEN, ManagerService, Options, makeService
+from conpaassql.manager.tap import (
+    DEFAULT_LISTEN,
+    ManagerService,
+    Options,
+    makeService,
+    nodeFacingUrl,
+)
 
 
 class ConfigTests(SynchronousTestCase):
@@ -44,6 +51,18 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(ManagerConfig(poll_interval=0.1).bootPollInterval, 0.1)
         self.assertEqual(ManagerConfig(driver="OPENNEBULA_XMLRPC").bootPollInterval, 2.0)
         self.assertEqual(ManagerConfig(boot_poll_interval=1.0).bootPollInterval, 1.0)
+
+    def test_manager_url(self) -> None:
+        self.assertEqual(parse_config("[manager]\nmanager_url = http://10.0.0.5:50000\n")
+                         .manager_url, "http://10.0.0.5:50000/")
+        e = self.assertRaises(ConfigError, parse_config, "[manager]\nmanager_url = 10.0.0.5\n")
+        self.assertIn("[manager] manager_url: must be an http:// or https:// URL", str(e))
+
+    def test_node_facing_url(self) -> None:
+        self.assertEqual(nodeFacingUrl("http://127.0.0.1:50000/"), "http://127.0.0.1:50000/")
+        self.assertEqual(nodeFacingUrl("http://0.0.0.0:50000/"),
+                         f"http://{socket.getfqdn()}:50000/")
+        self.assertEqual(nodeFacingUrl("http://:::50000/"), f"http://{socket.getfqdn()}:50000/")
 
     def test_seed_poll_agents_timer(self) -> None:
         self.assertEqual(parse_config("[manager]\npoll_agents_timer = 10\n").poll_interval, 10)

@@ -19,6 +19,7 @@ An INI file in the original's shape, read once into a frozen dataclass::
     agent_call_timeout = 60   ; seconds for user calls to an agent
     upload_timeout = 3600     ; seconds for one dump upload to an agent
     agent_port = 60000        ; the port agents listen on (the local driver picks its own)
+    manager_url =             ; the URL nodes reach the manager at (default: the listening one)
     logfile =                 ; also write the log to this file
 
 Every problem is collected and reported together in one L{ConfigError};
@@ -30,6 +31,7 @@ C{makeDriver} (see L{conpaassql.manager.drivers}).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -62,6 +64,7 @@ class ManagerConfig:
     upload_timeout: float = 3600.0
     agent_port: int = 60000
     logfile: str | None = None
+    manager_url: str | None = None
 
     @property
     def bootPollInterval(self) -> float:
@@ -84,7 +87,7 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "upload_timeout": (float, 1, 7 * 86400),
     "agent_port": (int, 1, 65535),
 }
-_MANAGER_KEYS = (*_NUMBERS, "poll_agents_timer", "logfile")
+_MANAGER_KEYS = (*_NUMBERS, "poll_agents_timer", "logfile", "manager_url")
 
 
 def parse_config(text: str, source: str = "<config>") -> ManagerConfig:
@@ -127,6 +130,12 @@ def parse_config(text: str, source: str = "<config>") -> ManagerConfig:
             value = value.strip()
             if key not in _MANAGER_KEYS:
                 problem("manager", key, "unknown key; known: " + ", ".join(_MANAGER_KEYS))
+                continue
+            if key == "manager_url":
+                if value and not re.fullmatch(r"https?://[^/?#\s]+/?", value):
+                    problem("manager", key, "must be an http:// or https:// URL of a host and "
+                            "port, e.g. http://10.0.0.5:50000/")
+                values[key] = (value.rstrip("/") + "/") if value else None
                 continue
             if key == "logfile":
                 if value and not os.path.isabs(value):

@@ -8,6 +8,7 @@ registry and the driver are set up when the service starts.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from typing import IO, Any
 
@@ -48,6 +49,18 @@ def checkDriver(config: ManagerConfig, reactor: Any) -> None:
                                reactor=reactor, serviceTag="check")
         except DriverConfigError as e:
             raise ConfigError("[iaas]", [ConfigProblem("iaas", None, p) for p in e.problems])
+
+
+def nodeFacingUrl(url: str) -> str:
+    """
+    The URL nodes are told to reach the manager at: the listening URL, with
+    this host's name instead of a wildcard address (0.0.0.0, ::).
+    """
+    for wildcard in ("//0.0.0.0:", "//[::]:", "//:::"):
+        if wildcard in url:
+            port = url.rsplit(":", 1)[1]
+            return f"http://{socket.getfqdn()}:{port}"
+    return url
 
 
 class Options(usage.Options):
@@ -145,7 +158,7 @@ class ManagerService(RPCServerService):
 
     def listeningAt(self, url: str) -> None:
         assert self.manager is not None
-        self.manager.setManagerUrl(url)
+        self.manager.setManagerUrl(self.config.manager_url or nodeFacingUrl(url))
 
     def stopProcess(self) -> None:
         if self._stopProcessHook is not None:
