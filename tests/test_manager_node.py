@@ -421,6 +421,25 @@ class LifecycleTests(SynchronousTestCase):
         self.h.driver.releaseCreates()
         self.assertEqual(self.h.state(nodeId), "TERMINATED")
 
+    def test_create_timed_out_but_vm_made(self) -> None:
+        h = Harness(self, boot_timeout=600).start()
+        self.addCleanup(h.stop)
+        h.driver.holdCreate = True
+        [nodeId] = h.add()
+        h.clock.advance(60)  # list_timeout: the create is given up
+        self.assertEqual(h.state(nodeId), "ERROR")
+        self.assertIn("no answer in time", h.info(nodeId)["error"])
+        # The cloud made it all the same: the node learns its VM, and
+        # removing the node ends it.
+        tag = h.manager.serviceTag
+        assert tag is not None
+        vmId = h.driver.addVM(vmName(tag, nodeId))
+        h.poll()
+        self.assertEqual(h.info(nodeId)["vm_id"], vmId)
+        h.remove(nodeId)
+        self.assertEqual(h.driver.callsOf("terminate"), [vmId])
+        self.assertEqual(h.driver.ours(), [])
+
     def test_remove_error_node(self) -> None:
         self.h.driver.failCreate = CloudFailure("no")
         [nodeId] = self.h.add()

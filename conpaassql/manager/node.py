@@ -383,13 +383,19 @@ def _stillLost(inputs: NodeInputs, core: NodeCore, reason: str) -> None:
     core.lastProbeError = reason
 
 
-# ERROR: only removal leaves it.
+# ERROR: only removal leaves it; what the cloud says of the VM is still
+# recorded, so that removal ends the right VM.
+
+for _input in (NodeInputs.cloudRunning, NodeInputs.cloudFailed):
+
+    @error.upon(_input).loop()
+    def _seenInError(inputs: NodeInputs, core: NodeCore, vm: VMInfo) -> None:
+        core.learn(vm)
+
 
 _ignore(
     error,
     NodeInputs.createFailed,
-    NodeInputs.cloudRunning,
-    NodeInputs.cloudFailed,
     NodeInputs.cloudGone,
     NodeInputs.agentUp,
     NodeInputs.agentDown,
