@@ -480,8 +480,10 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(len(self.h.driver.callsOf("list")) - before, 5)
         self.assertEqual(self.h.agents.probes() - probes, 30)
         self.assertEqual(self.h.state(nodeId), "RUNNING")
+        self.assertEqual(self.h.manager.serviceInfo()["cloud_error"], "cloud down")
         self.h.driver.failList = None
         self.h.poll(20)
+        self.assertNotIn("cloud_error", self.h.manager.serviceInfo())
         self.h.driver.bootDelay = 0
         self.h.add()
         self.h.poll(2)

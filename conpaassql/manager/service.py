@@ -180,6 +180,8 @@ class Manager(service.Service):
         self._inflight: set[Deferred[Any]] = set()
         self._listBackoff = 0.0
         self._listRetryAt = 0.0
+        #: Why the last cloud list failed, until one succeeds.
+        self.cloudError: str | None = None
         self._semaphore = DeferredSemaphore(config.probe_concurrency)
         self.cycles = 0
         self.ready: Deferred[None] = Deferred()
@@ -513,11 +515,13 @@ class Manager(service.Service):
                     MAX_LIST_BACKOFF, max(self.config.poll_interval, self._listBackoff * 2)
                 )
                 self._listRetryAt = self.clock.seconds() + self._listBackoff
+                self.cloudError = _describe(e)
                 log.warn("cloud list failed ({why}); next try in {delay:g} s",
-                         why=_describe(e), delay=self._listBackoff)
+                         why=self.cloudError, delay=self._listBackoff)
             else:
                 self._listBackoff = 0.0
                 self._listRetryAt = 0.0
+                self.cloudError = None
         if vms is not None:
             self._reconcile(vms)
         await self._probeAll()
@@ -678,6 +682,8 @@ class Manager(service.Service):
         }
         if self.phase == "ERROR" and self.error:
             info["error"] = self.error
+        if self.cloudError:
+            info["cloud_error"] = self.cloudError
         return info
 
     # Calls to agents on the user's behalf.
