@@ -7,7 +7,6 @@ database server are set up when the service starts.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.application import service
@@ -16,9 +15,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from conpaassql.agent.api import AgentAPI
-from conpaassql.agent.config import AgentConfig, ConfigError, load_config
+from conpaassql.agent.config import AgentConfig, load_config
 from conpaassql.agent.mysqld import ManagedServer, ScriptServer, ServerControl
-from conpaassql.rpc.serve import RPCServerService
+from conpaassql.rpc.serve import RPCServerService, ServiceOptions, serviceOptions
 
 log = Logger()
 
@@ -26,37 +25,24 @@ DEFAULT_LISTEN = "tcp:60000:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "~/.local/state/conpaassql/agent"
 
 
-class Options(usage.Options):
-    synopsis = "[options]"
+class Options(ServiceOptions):
     longdesc = (
         "Runs the conpaassql agent: controls this node's MySQL/MariaDB server and answers "
         "JSON-RPC on one URL.  With no --config it creates and runs its own MariaDB "
         "instance in the state directory."
     )
     optParameters = [
-        ["listen", "l", DEFAULT_LISTEN, "Endpoint to serve the JSON-RPC API on."],
-        ["state-dir", "d", DEFAULT_STATE_DIR, "Directory for the agent's state and server."],
-        ["config", "c", None, "INI configuration file (see etc/agent.cnf)."],
-        ["token-file", "t", None, "API token file (default: STATE_DIR/api-token)."],
+        *serviceOptions(DEFAULT_LISTEN, DEFAULT_STATE_DIR, "agent's state and server",
+                        "etc/agent.cnf"),
         ["max-upload", None, str(64 * 1024**3), "Largest upload accepted, in bytes."],
     ]
-    optFlags = [["check-config", None, "Validate the configuration and exit."]]
 
-    def postOptions(self) -> None:
-        self["state-dir"] = os.path.abspath(os.path.expanduser(self["state-dir"]))
-        if self["token-file"] is None:
-            self["token-file"] = os.path.join(self["state-dir"], "api-token")
+    def loadConfig(self, path: str | None) -> AgentConfig:
         try:
             self["max-upload"] = int(self["max-upload"])
         except ValueError:
             raise usage.UsageError("--max-upload must be a number of bytes") from None
-        try:
-            self["parsed-config"] = load_config(self["config"])
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        if self["check-config"]:
-            print("configuration OK")
-            raise SystemExit(0)
+        return load_config(path)
 
 
 class AgentService(RPCServerService):

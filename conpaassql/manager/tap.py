@@ -14,7 +14,6 @@ from typing import IO, Any
 
 from twisted.application import service
 from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
-from twisted.python import usage
 
 from conpaassql.common.config import ConfigError
 from conpaassql.iaas.base import DriverConfigError, IaaSDriver
@@ -24,7 +23,7 @@ from conpaassql.manager.config import ManagerConfig, load_config
 from conpaassql.manager.registry import Registry
 from conpaassql.manager.service import AgentClient, Manager
 from conpaassql.rpc.client import RPCClient
-from conpaassql.rpc.serve import RPCServerService
+from conpaassql.rpc.serve import RPCServerService, ServiceOptions, serviceOptions
 
 log = Logger()
 
@@ -63,34 +62,20 @@ def nodeFacingUrl(url: str) -> str:
     return url
 
 
-class Options(usage.Options):
-    synopsis = "[options]"
+class Options(ServiceOptions):
     longdesc = (
         "Runs the conpaassql manager: provisions database nodes on a cloud (by default "
         "local agent processes with their own MariaDB), tracks them, and answers JSON-RPC."
     )
-    optParameters = [
-        ["listen", "l", DEFAULT_LISTEN, "Endpoint to serve the JSON-RPC API on."],
-        ["state-dir", "d", DEFAULT_STATE_DIR, "Directory for the registry, token and nodes."],
-        ["config", "c", None, "INI configuration file (see etc/manager.cnf)."],
-        ["token-file", "t", None, "API token file (default: STATE_DIR/api-token)."],
-    ]
-    optFlags = [["check-config", None, "Validate the configuration and exit."]]
+    optParameters = serviceOptions(DEFAULT_LISTEN, DEFAULT_STATE_DIR,
+                                   "registry, token and nodes", "etc/manager.cnf")
 
-    def postOptions(self) -> None:
-        self["state-dir"] = os.path.abspath(os.path.expanduser(self["state-dir"]))
-        if self["token-file"] is None:
-            self["token-file"] = os.path.join(self["state-dir"], "api-token")
-        try:
-            self["parsed-config"] = load_config(self["config"])
-            from twisted.internet import reactor
+    def loadConfig(self, path: str | None) -> ManagerConfig:
+        from twisted.internet import reactor
 
-            checkDriver(self["parsed-config"], reactor)
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
-        if self["check-config"]:
-            print("configuration OK")
-            raise SystemExit(0)
+        config = load_config(path)
+        checkDriver(config, reactor)
+        return config
 
 
 class ManagerService(RPCServerService):

@@ -14,14 +14,55 @@ from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python import usage
 
 from conpaassql.common.files import read_or_create_token, write_file_atomic
 from conpaassql.rpc.dispatch import Dispatcher, Introspection
 from conpaassql.rpc.resource import RPCResource, TokenAuth, makeSite
 
-__all__ = ["RPCServerService"]
+__all__ = ["RPCServerService", "ServiceOptions", "serviceOptions"]
 
 log = Logger()
+
+
+def serviceOptions(listen: str, stateDir: str, what: str, sample: str) -> list[list[Any]]:
+    """The options every service has: where it listens and keeps its state."""
+    return [
+        ["listen", "l", listen, "Endpoint to serve the JSON-RPC API on."],
+        ["state-dir", "d", stateDir, f"Directory for the {what}."],
+        ["config", "c", None, f"INI configuration file (see {sample})."],
+        ["token-file", "t", None, "API token file (default: STATE_DIR/api-token)."],
+    ]
+
+
+class ServiceOptions(usage.Options):
+    """
+    Options of a service (L{serviceOptions}, C{--check-config}): the state
+    directory made absolute, the token file defaulted into it, and the
+    configuration read by L{loadConfig} into C{self["parsed-config"]}, its
+    problems reported as a usage error.
+    """
+
+    synopsis = "[options]"
+    optFlags = [["check-config", None, "Validate the configuration and exit."]]
+
+    def loadConfig(self, path: str | None) -> Any:
+        """Read and check the configuration; raise C{ConfigError} with every problem."""
+        raise NotImplementedError
+
+    def postOptions(self) -> None:
+        from conpaassql.common.config import ConfigError
+
+        self["state-dir"] = os.path.abspath(os.path.expanduser(self["state-dir"]))
+        if self["token-file"] is None:
+            self["token-file"] = os.path.join(self["state-dir"], "api-token")
+        try:
+            self["parsed-config"] = self.loadConfig(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["check-config"]:
+            print("configuration OK")
+            raise SystemExit(0)
 
 
 class RPCServerService(service.MultiService):
