@@ -39,6 +39,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
+from twisted.web.client import FileBodyProducer
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.template import Tag
 
@@ -617,7 +618,8 @@ class GUIResource(resource.Resource):
                     self._client(session).upload(
                         "send_mysqldump",
                         {"serviceNodeId": id},  # type: ignore[dict-item]
-                        {"mysqldump": (upload.filename or "dump.sql", _SpoolRange(upload))},
+                        {"mysqldump": (upload.filename or "dump.sql",
+                                       FileBodyProducer(_SpoolRange(upload)))},
                     )
                 )
         finally:
