@@ -273,15 +273,18 @@ def nodeRowTag(ctx: Context, row: Mapping[str, Any]) -> Tag:
     state: Any = tags.span(class_=f"state state-{_text(row.get('state'))}")(_text(row.get("state")))
     if row.get("error"):
         state = [state, tags.span(class_="row-error")(str(row["error"]))]
+    cells = [
+        tags.a(href=ctx.url(f"nodes/{nodeId}"))(str(nodeId)),
+        _text(row.get("name"), ""),
+        _text(row.get("ip"), ""),
+        state,
+        _text(row.get("role"), ""),
+        _text(row.get("mysql")),
+        _lag(row.get("lag")),
+        nodeActions(ctx, nodeId, "nodes"),
+    ]
     return tags.tr(**{"data-node": str(nodeId)})(
-        tags.td(tags.a(href=ctx.url(f"nodes/{nodeId}"))(str(nodeId))),
-        tags.td(_text(row.get("name"), "")),
-        tags.td(_text(row.get("ip"), "")),
-        tags.td(state),
-        tags.td(_text(row.get("role"), "")),
-        tags.td(_text(row.get("mysql"))),
-        tags.td(_lag(row.get("lag"))),
-        tags.td(nodeActions(ctx, nodeId, "nodes")),
+        *[tags.td(**{"data-label": label})(cell) for label, cell in zip(NODE_COLUMNS, cells)]
     )
 
 
@@ -370,7 +373,8 @@ def nodePage(
         tags.section(class_="card", **{"aria-labelledby": "h-details"})(
             tags.h2(id="h-details")("Details"),
             _definitions(
-                [(label, _text(info.get(key))) for key, label in _DETAIL_KEYS]
+                [(label, _text(info.get(key), "none" if key == "role" else "unknown"))
+                 for key, label in _DETAIL_KEYS]
                 + [(k, _text(v)) for k, v in extra],
                 id="node-details",
             ),

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web import resource
@@ -146,7 +146,9 @@ class GUIService(service.Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        d: Deferred[Any] = succeed(None) if self.port is None else self.port.stopListening()
+        d: Deferred[Any] = (
+            succeed(None) if self.port is None else maybeDeferred(self.port.stopListening)
+        )
         self.port = None
         clients, self.clients = self.clients, None
         if clients is not None:

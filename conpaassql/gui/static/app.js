@@ -7,6 +7,7 @@
   var POLL_MS = 2000;
   var POINTS = 60;
   var SVG = "http://www.w3.org/2000/svg";
+  var COLUMNS = ["ID", "Name", "IP", "State", "Role", "MySQL running", "Lag", "Actions"];
 
   function meta(name) {
     var el = document.querySelector('meta[name="' + name + '"]');
@@ -80,32 +81,42 @@
     var state = text(row.state);
     var stateCell = [el("span", { "class": "state state-" + state }, [state])];
     if (row.error) { stateCell.push(el("span", { "class": "row-error" }, [String(row.error)])); }
-    return el("tr", { "data-node": id }, [
-      el("td", {}, [el("a", { href: base + "nodes/" + encodeURIComponent(id) }, [id])]),
-      el("td", {}, [text(row.name, "")]),
-      el("td", {}, [text(row.ip, "")]),
-      el("td", {}, stateCell),
-      el("td", {}, [text(row.role, "")]),
-      el("td", {}, [text(row.mysql)]),
-      el("td", {}, [row.lag === null || row.lag === undefined ? "\u2014" : row.lag + " s"]),
-      el("td", {}, [el("div", { "class": "actions" }, [
+    var cells = [
+      [el("a", { href: base + "nodes/" + encodeURIComponent(id) }, [id])],
+      [text(row.name, "")],
+      [text(row.ip, "")],
+      stateCell,
+      [text(row.role, "")],
+      [text(row.mysql)],
+      [row.lag === null || row.lag === undefined ? "\u2014" : row.lag + " s"],
+      [el("div", { "class": "actions" }, [
         postForm("nodes/" + id + "/master", "nodes", "Make master", "Make node " + id + " the master"),
         postForm("nodes/" + id + "/slave", "nodes", "Make slave", "Make node " + id + " a slave"),
         el("a", { "class": "button danger", href: base + "nodes/" + id + "/remove",
                   "aria-label": "Remove node " + id + "\u2026" }, ["Remove\u2026"])
-      ])])
-    ]);
+      ])]
+    ];
+    return el("tr", { "data-node": id }, cells.map(function (children, i) {
+      return el("td", { "data-label": COLUMNS[i] }, children);
+    }));
   }
 
-  function rowKey(row) {
-    return JSON.stringify([row.id, row.name, row.ip, row.state, row.role, row.mysql, row.lag, row.error]);
+  // Update a row in place: only the text cells (never the ID link or the
+  // action buttons), so that keyboard focus and buttons stay where they are.
+  function updateRow(tr, row) {
+    var fresh = nodeRow(row);
+    for (var i = 1; i <= 6; i++) {
+      var have = tr.children[i], want = fresh.children[i];
+      if (have && want && have.innerHTML !== want.innerHTML) {
+        tr.replaceChild(want.cloneNode(true), have);
+      }
+    }
   }
 
   function startNodes() {
     var body = document.getElementById("nodes-body");
     var status = document.getElementById("nodes-status");
     if (!body) { return; }
-    var shown = {};
     poll("api/nodes", function (data) {
       if (!data.ok) {
         status.textContent = data.error || "the node list could not be read";
@@ -116,25 +127,19 @@
       var rows = data.nodes || [];
       status.textContent = (rows.length ? rows.length + " node(s)" : "no nodes yet") +
         ", updated " + clock();
-      // Replace only rows that changed, so that keyboard focus on a
-      // button of an unchanged row is kept.
       var wanted = {};
       rows.forEach(function (row) { wanted[String(row.id)] = row; });
       Array.prototype.slice.call(body.children).forEach(function (tr) {
-        var id = tr.getAttribute("data-node");
-        if (!wanted[id]) { body.removeChild(tr); delete shown[id]; }
+        if (!wanted[tr.getAttribute("data-node")]) { body.removeChild(tr); }
       });
       var previous = null;
       rows.forEach(function (row) {
         var id = String(row.id);
-        var key = rowKey(row);
-        var tr = body.querySelector('tr[data-node="' + id.replace(/"/g, "") + '"]');
-        if (!tr || shown[id] !== key) {
-          var fresh = nodeRow(row);
-          if (tr) { body.replaceChild(fresh, tr); } else { body.appendChild(fresh); }
-          tr = fresh;
-          shown[id] = key;
-        }
+        var tr = null;
+        Array.prototype.forEach.call(body.children, function (candidate) {
+          if (candidate.getAttribute("data-node") === id) { tr = candidate; }
+        });
+        if (tr) { updateRow(tr, row); } else { tr = nodeRow(row); }
         var next = previous ? previous.nextSibling : body.firstChild;
         if (next !== tr) { body.insertBefore(tr, next); }
         previous = tr;
@@ -161,7 +166,8 @@
     var points = [];
     values.forEach(function (v, i) {
       if (v === null) { return; }
-      var x = (POINTS <= 1) ? 0 : (w * (i + POINTS - values.length) / (POINTS - 1));
+      var slots = Math.max(values.length, 10);
+      var x = w * (i + slots - values.length) / (slots - 1);
       points.push(x.toFixed(1) + "," + (h - (v / max) * (h - 2)).toFixed(1));
     });
     var line = document.createElementNS(SVG, "polyline");
