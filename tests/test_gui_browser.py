@@ -61,7 +61,7 @@ class _EvilPage(resource.Resource):
             '<input name="count" value="3"><input name="csrf" value="guessed">'
             '<button id="go" type="submit">win a prize</button></form>'
             "</body></html>"
-        ).encode("utf-8")
+        ).encode()
 
 
 class BrowserTestCase(GUITestCase):
@@ -87,12 +87,11 @@ class BrowserTestCase(GUITestCase):
         return await deferToThread(f, self.driver, *args)
 
     async def until(self, condition: Callable[[Any], Any], timeout: float = WAIT) -> Any:
-        from selenium.webdriver.support.ui import WebDriverWait
-
         from selenium.common.exceptions import (
             NoSuchElementException,
             StaleElementReferenceException,
         )
+        from selenium.webdriver.support.ui import WebDriverWait
 
         # Elements go stale while a page loads or a live update replaces them.
         ignored = (StaleElementReferenceException, NoSuchElementException)

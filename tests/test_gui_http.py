@@ -14,11 +14,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import treq
+from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from treq.client import HTTPClient
 
 from conpaassql.gui.tap import GUIService
 from tests.support.fakemanager import FakeManager, serveFakeManager
@@ -219,8 +219,9 @@ class SignInTests(GUITestCase):
         self.assertEqual((response.code, response.header("location")), (303, "/ui/login"))
         self.assertNotIn("conpaassql_session", web.cookies)
         # The old session id no longer works even if replayed.
-        web.cookies["conpaassql_session"] = re.search(
-            r"conpaassql_session=([^;]+)", web.setCookies[-2]).group(1)
+        replayed = re.search(r"conpaassql_session=([^;]+)", web.setCookies[-2])
+        assert replayed is not None
+        web.cookies["conpaassql_session"] = replayed.group(1)
         self.assertEqual((await web.get("")).code, 303)
 
     async def test_token_revoked(self) -> None:

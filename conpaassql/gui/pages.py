@@ -16,13 +16,13 @@ from twisted.internet.defer import Deferred
 from twisted.web.template import Tag, flattenString, tags
 
 __all__ = [
+    "errorPage",
     "loginPage",
     "nodePage",
     "nodesPage",
     "removePage",
     "render",
     "servicePage",
-    "errorPage",
 ]
 
 
@@ -209,6 +209,10 @@ def servicePage(
         if master not in (None, "")
         else tags.span(id="service-master")("none")
     )
+    if info.get("error"):
+        body.append(tags.p(class_="flash flash-error", role="alert", id="service-error")(
+            f"The service reports an error: {info['error']}"
+        ))
     body.append(
         tags.section(class_="card", **{"aria-labelledby": "h-state"})(
             tags.h2(id="h-state")("State"),

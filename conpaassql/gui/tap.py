@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -19,7 +20,6 @@ from twisted.python import usage
 from twisted.web import resource
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.util import Redirect
-from treq.client import HTTPClient
 
 from conpaassql.common.files import read_or_create_token
 from conpaassql.gui.config import ConfigError, GUIConfig, load_config

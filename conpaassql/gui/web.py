@@ -49,7 +49,7 @@ from conpaassql.rpc.dispatch import Upload
 from conpaassql.rpc.errors import UNAUTHORIZED, RPCError, TransportError
 from conpaassql.rpc.multipart import parseMultipart
 
-__all__ = ["GUIResource", "makeGUIResource", "COOKIE_NAME"]
+__all__ = ["COOKIE_NAME", "GUIResource", "makeGUIResource"]
 
 log = Logger()
 
@@ -199,7 +199,7 @@ class GUIResource(resource.Resource):
             self._finish(request, b"internal error; see the front-end's log", b"text/plain")
 
     def _base(self, request: server.Request) -> str:
-        prefix = "/".join(p.decode("utf-8", "replace") for p in request.prepath)
+        prefix = "/".join(p.decode("utf-8", "replace") for p in request.prepath or [])
         return "/" + (prefix + "/" if prefix else "")
 
     def _securityHeaders(self, request: server.Request) -> None:
@@ -285,6 +285,8 @@ class GUIResource(resource.Resource):
         if not ctype.startswith("application/x-www-form-urlencoded"):
             raise _Refused(415, "Expected a form submission.")
         content = request.content
+        if content is None:
+            raise _Refused(400, "The form is empty.")
         content.seek(0)
         body = content.read(MAX_FORM + 1)
         if len(body) > MAX_FORM:
@@ -309,7 +311,7 @@ class GUIResource(resource.Resource):
         base = self._base(request)
         if not request.postpath and not request.path.endswith(b"/"):
             return self._redirect(request, base)
-        path = "/".join(p.decode("utf-8", "replace") for p in request.postpath)
+        path = "/".join(p.decode("utf-8", "replace") for p in request.postpath or [])
         method = b"GET" if request.method == b"HEAD" else request.method
         if path.startswith("static/") and method == b"GET":
             return self._serveStatic(request, path[len("static/"):])
@@ -597,7 +599,9 @@ class GUIResource(resource.Resource):
             raise _Refused(415, "Send the dump as a file upload (multipart/form-data).")
         if getattr(request, "tooLarge", False):
             raise _Refused(413, "The dump is larger than this front-end accepts.")
-        content: IO[bytes] = request.content
+        if request.content is None:
+            raise _Refused(400, "The upload is empty.")
+        content: Any = request.content
         spool: IO[bytes] | None = None
         try:
             content.fileno()
