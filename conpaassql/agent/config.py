@@ -48,6 +48,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from conpaassql.agent.mycnf import validate_host
+from conpaassql.common.config import ConfigError, ConfigProblem
 
 __all__ = [
     "EXTRA_BINARY_DIRS",
@@ -73,39 +74,6 @@ _DEFAULT_NAMES: dict[str, tuple[str, ...]] = {
     "client": ("mariadb", "mysql"),
     "dump": ("mariadb-dump", "mysqldump"),
 }
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """
-    One problem in the configuration file.
-    """
-
-    section: str | None
-    key: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = ""
-        if self.section is not None:
-            where = f"[{self.section}]"
-            if self.key is not None:
-                where += f" {self.key}"
-            where += ": "
-        return where + self.message
-
-
-class ConfigError(Exception):
-    """
-    The configuration file has problems; all of them are in C{problems}.
-    """
-
-    def __init__(self, source: str, problems: Sequence[ConfigProblem]) -> None:
-        self.source = source
-        self.problems = tuple(problems)
-        lines = [f"{source}: {len(self.problems)} configuration problem(s):"]
-        lines += [f"  {problem}" for problem in self.problems]
-        super().__init__("\n".join(lines))
 
 
 @dataclass(frozen=True)

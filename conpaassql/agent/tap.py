@@ -19,7 +19,7 @@ from twisted.python import usage
 from conpaassql.agent.api import AgentAPI
 from conpaassql.agent.config import AgentConfig, ConfigError, load_config
 from conpaassql.agent.mysqld import ManagedServer, ScriptServer, ServerControl
-from conpaassql.common.files import read_or_create_token
+from conpaassql.common.files import read_or_create_token, write_file_atomic
 from conpaassql.rpc.dispatch import Dispatcher, Introspection
 from conpaassql.rpc.resource import RPCResource, TokenAuth, makeSite
 
@@ -126,8 +126,9 @@ class AgentService(service.MultiService):
         self.port = port
         host = port.getHost()
         url = f"http://{host.host}:{host.port}/"
-        with open(os.path.join(self.stateDir, "agent-url"), "w") as f:
-            f.write(url + "\n")
+        # Atomic: whoever waits for this file (the LOCAL cloud driver) reads
+        # the whole URL or nothing.
+        write_file_atomic(os.path.join(self.stateDir, "agent-url"), url + "\n")
         log.info("agent API listening at {url}", url=url)
         self.listening.callback(port)
 
@@ -139,6 +140,11 @@ class AgentService(service.MultiService):
     def _stopAgent(self) -> None:
         if self.reactor.running:
             self.reactor.stop()
+        else:
+            # A listen failure is reported while twistd starts the services,
+            # before the reactor runs: stop it as soon as it does, instead of
+            # running on without an API.
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Deferred[None]:
         if self.api is not None:

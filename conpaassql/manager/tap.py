@@ -1,0 +1,214 @@
+"""
+C{twistd conpaassql-manager}: options and the service tree.
+
+L{makeService} only wires services; the state directory, the token, the
+registry and the driver are set up when the service starts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import IO, Any
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
+from twisted.python import usage
+
+from conpaassql.common.config import ConfigError
+from conpaassql.common.files import read_or_create_token, write_file_atomic
+from conpaassql.iaas.base import DriverConfigError, IaaSDriver
+from conpaassql.manager import drivers
+from conpaassql.manager.api import ManagerAPI
+from conpaassql.manager.config import ManagerConfig, load_config
+from conpaassql.manager.registry import Registry
+from conpaassql.manager.service import AgentClient, Manager
+from conpaassql.rpc.client import RPCClient
+from conpaassql.rpc.dispatch import Dispatcher, Introspection
+from conpaassql.rpc.resource import RPCResource, TokenAuth, makeSite
+
+log = Logger()
+
+DEFAULT_LISTEN = "tcp:50000:interface=127.0.0.1"
+DEFAULT_STATE_DIR = "~/.local/state/conpaassql/manager"
+REGISTRY_FILE = "registry.sqlite"
+
+
+def checkDriver(config: ManagerConfig, reactor: Any) -> None:
+    """
+    Build (and drop) the configured driver in a scratch directory, so that
+    its settings are checked before the manager starts.
+
+    @raise ConfigError: the driver refuses its settings.
+    """
+    from conpaassql.common.config import ConfigProblem
+
+    with tempfile.TemporaryDirectory(prefix="conpaassql-check-") as scratch:
+        try:
+            drivers.makeDriver(config.driver, config.driverSettings, stateDir=scratch,
+                               reactor=reactor, serviceTag="check")
+        except DriverConfigError as e:
+            raise ConfigError("[iaas]", [ConfigProblem("iaas", None, p) for p in e.problems])
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Runs the conpaassql manager: provisions database nodes on a cloud (by default "
+        "local agent processes with their own MariaDB), tracks them, and answers JSON-RPC."
+    )
+    optParameters = [
+        ["listen", "l", DEFAULT_LISTEN, "Endpoint to serve the JSON-RPC API on."],
+        ["state-dir", "d", DEFAULT_STATE_DIR, "Directory for the registry, token and nodes."],
+        ["config", "c", None, "INI configuration file (see etc/manager.cnf)."],
+        ["token-file", "t", None, "API token file (default: STATE_DIR/api-token)."],
+    ]
+    optFlags = [["check-config", None, "Validate the configuration and exit."]]
+
+    def postOptions(self) -> None:
+        self["state-dir"] = os.path.abspath(os.path.expanduser(self["state-dir"]))
+        if self["token-file"] is None:
+            self["token-file"] = os.path.join(self["state-dir"], "api-token")
+        try:
+            self["parsed-config"] = load_config(self["config"])
+            if self["check-config"]:
+                from twisted.internet import reactor
+
+                checkDriver(self["parsed-config"], reactor)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["check-config"]:
+            print("configuration OK")
+            raise SystemExit(0)
+
+
+class ManagerService(service.MultiService):
+    """
+    The manager: its core (L{Manager}, a child service) and its HTTP API.
+
+    @ivar listening: fires with the listening port once the API is served.
+    """
+
+    def __init__(
+        self,
+        stateDir: str,
+        config: ManagerConfig,
+        listen: str,
+        tokenFile: str,
+        *,
+        reactor: Any = None,
+        driverFactory: Any = None,
+        agentClientFactory: Any = None,
+        registry: Registry | None = None,
+        stopProcess: Any = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.stateDir = stateDir
+        self.config = config
+        self.listen = listen
+        self.tokenFile = tokenFile
+        self._driverFactory = driverFactory
+        self._agentClientFactory = agentClientFactory
+        self._registry = registry
+        self._stopProcessHook = stopProcess
+        self.manager: Manager | None = None
+        self.port: Any = None
+        self.listening: Deferred[Any] = Deferred()
+        self._logFile: IO[str] | None = None
+        self._logObserver: Any = None
+
+    def _makeDriver(self, serviceTag: str) -> IaaSDriver:
+        return drivers.makeDriver(
+            self.config.driver,
+            self.config.driverSettings,
+            stateDir=self.stateDir,
+            reactor=self.reactor,
+            serviceTag=serviceTag,
+        )
+
+    def _makeClient(self, url: str, token: str) -> AgentClient:
+        return RPCClient(url, token, reactor=self.reactor,
+                         timeout=self.config.agent_call_timeout, connectTimeout=5.0)
+
+    def startService(self) -> None:
+        os.makedirs(self.stateDir, mode=0o700, exist_ok=True)
+        os.chmod(self.stateDir, 0o700)
+        uploads = os.path.join(self.stateDir, "uploads")
+        os.makedirs(uploads, mode=0o700, exist_ok=True)
+        if self.config.logfile:
+            self._logFile = open(self.config.logfile, "a", encoding="utf-8")
+            self._logObserver = textFileLogObserver(self._logFile)
+            globalLogPublisher.addObserver(self._logObserver)
+        token = read_or_create_token(self.tokenFile)
+        log.info("API token is in {path} (mode 0600)", path=self.tokenFile)
+        registry = self._registry or Registry.atPath(os.path.join(self.stateDir, REGISTRY_FILE))
+        self.manager = Manager(
+            self.config,
+            registry,
+            self._driverFactory or self._makeDriver,
+            self._agentClientFactory or self._makeClient,
+            self.reactor,
+            stopProcess=self._stopProcess,
+        )
+        self.manager.setServiceParent(self)
+        dispatcher = Dispatcher(ManagerAPI(self.manager))
+        dispatcher.collect(Introspection(dispatcher))
+        site = makeSite(
+            RPCResource(dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}")),
+            uploadDir=uploads,
+        )
+        super().startService()
+        d = endpoints.serverFromString(self.reactor, self.listen).listen(site)
+        d.addCallbacks(self._listening, self._listenFailed)
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        host = port.getHost()
+        url = f"http://{host.host}:{host.port}/"
+        write_file_atomic(os.path.join(self.stateDir, "manager-url"), url + "\n")
+        log.info("manager API listening at {url}", url=url)
+        assert self.manager is not None
+        self.manager.setManagerUrl(url)
+        self.listening.callback(port)
+
+    def _listenFailed(self, failure: Any) -> None:
+        log.failure("cannot listen on {listen}", failure, listen=self.listen)
+        self.listening.errback(failure)
+        self._stopProcess()
+
+    def _stopProcess(self) -> None:
+        if self._stopProcessHook is not None:
+            self._stopProcessHook()
+        elif self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self.port is not None:
+            port, self.port = self.port, None
+            await port.stopListening()
+        await super().stopService()
+        if self._logObserver is not None:
+            globalLogPublisher.removeObserver(self._logObserver)
+            self._logObserver = None
+        if self._logFile is not None:
+            self._logFile.close()
+            self._logFile = None
+
+
+def makeService(options: Options) -> service.IService:
+    return ManagerService(
+        options["state-dir"],
+        options["parsed-config"],
+        options["listen"],
+        options["token-file"],
+    )
