@@ -141,7 +141,18 @@ class BrowserTestCase(GUITestCase):
         await self.do(typeInto)
 
     async def screenshot(self, name: str) -> None:
-        await self.do(lambda d: d.save_screenshot(os.path.join(ARTIFACTS, name + ".png")))
+        """Save the whole page (not just the window) as C{artifacts/gui/NAME.png}."""
+
+        def save(d: Any) -> None:
+            size = d.get_window_size()
+            height = d.execute_script("return document.documentElement.scrollHeight;")
+            d.set_window_size(size["width"], max(size["height"], min(int(height) + 140, 4000)))
+            try:
+                d.save_screenshot(os.path.join(ARTIFACTS, name + ".png"))
+            finally:
+                d.set_window_size(size["width"], size["height"])
+
+        await self.do(save)
 
     def textIn(self, css: str, wanted: str) -> Callable[[Any], bool]:
         from selenium.webdriver.common.by import By
@@ -301,3 +312,181 @@ class BrowserTests(BrowserTestCase):
         await self.until(self.textIn("body", "Refused"))
         await self.screenshot("forged-post-refused")
         self.assertEqual(self.api.called("add_nodes"), [])
+
+
+def _rowsOfGuiTest(rootCnf: str) -> list[tuple[Any, ...]]:
+    """The rows of guitest.t, read as root through the node's own option file."""
+    import pymysql
+
+    connection = pymysql.connect(read_default_file=rootCnf, connect_timeout=30)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT a, b FROM guitest.t ORDER BY a")
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+class RealManagerBrowserTests(BrowserTestCase):
+    """
+    The stand-alone front-end in front of a real manager on the LOCAL driver:
+    real detached agents, each with its own real mariadbd.  Replication is
+    not in the manager yet, so make master/slave must show its NotAvailable
+    answer in words.
+    """
+
+    timeout = 900
+    #: Nodes are real processes: allow for a slow, shared machine.
+    NODE_WAIT = 300
+
+    async def startGUI(self, **ignored: Any) -> None:
+        from dataclasses import replace
+
+        from conpaassql.manager.config import ManagerConfig
+        from conpaassql.manager.tap import ManagerService
+        from tests.support.mariadb import skip_unless_mariadb
+        from tests.test_iaas_local import localCloud
+
+        reason = skip_unless_mariadb()
+        if reason:
+            raise SkipTest(reason)
+        self.captureLogs()
+        # Registered first, so it runs last: ends every node the test left
+        # and fails if any of their processes is still alive.
+        self.cloud = localCloud(self)
+        tokenFile = os.path.join(self.cloud.stateDir, "api-token")
+        self.managerService = ManagerService(
+            self.cloud.stateDir, replace(ManagerConfig(), poll_interval=0.5),
+            "tcp:0:interface=127.0.0.1", tokenFile, reactor=reactor, stopProcess=lambda: None,
+        )
+        self.managerService.startService()
+        self.addCleanup(self.managerService.stopService)
+        port = await self.managerService.listening
+        with open(tokenFile) as f:
+            token = f.read().strip()
+        self.manager = _Manager(f"http://127.0.0.1:{port.getHost().port}/", token)
+        await self.startFrontEnd(self.manager.url)
+
+    async def managerCall(self, method: str, params: Any = None) -> Any:
+        from conpaassql.rpc.client import RPCClient
+
+        client = RPCClient(self.manager.url, self.manager.token, reactor=reactor)
+        try:
+            return await client.call(method, params or {})
+        finally:
+            await client.close()
+
+    async def test_wrong_token(self) -> None:
+        await self.startGUI()
+        await self.startBrowser()
+        await self.signIn("not-" + self.manager.token, refused=True)
+        await self.screenshot("real-login-refused")
+
+    async def test_operator_flow(self) -> None:
+        from selenium.webdriver.common.by import By
+
+        await self.startGUI()
+        await self.startBrowser()
+        await self.signIn(self.manager.token)
+        await self.until(self.textIn("#perf-status", "not available yet"))
+        self.assertEqual(await self.text("#service-state"), "RUNNING")
+
+        # Add a node; watch it become RUNNING in the live table.
+        await self.follow("nav a[href='/ui/nodes']")
+        await self.type("#count", "1")
+        await self.follow("#add-nodes")
+        await self.until(self.textIn(".flash-ok", "Adding 1 node(s): 1"))
+        await self.do(lambda d: d.execute_script(
+            "window.notReloaded = true; window.seen = [];"
+            "new MutationObserver(function () {"
+            "  var s = document.querySelector(\"tr[data-node='1'] .state\");"
+            "  if (s && window.seen[window.seen.length - 1] !== s.textContent)"
+            "    window.seen.push(s.textContent);"
+            "}).observe(document.getElementById('nodes-body'),"
+            "           {childList: true, subtree: true, characterData: true});"))
+        await self.until(self.textIn("tr[data-node='1'] .state", "RUNNING"), self.NODE_WAIT)
+        await self.until(self.textIn("tr[data-node='1'] td:nth-child(6)", "yes"))
+        seen = await self.do(lambda d: d.execute_script("return window.seen;"))
+        self.assertTrue(await self.do(lambda d: d.execute_script("return window.notReloaded;")))
+        self.assertEqual(seen[-1], "RUNNING")
+        self.assertTrue(set(seen) <= {"PENDING", "BOOTING", "RUNNING"}, seen)
+        await self.screenshot("real-nodes")
+        info = (await self.managerCall("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
+        self.assertEqual(await self.text("tr[data-node='1'] td:nth-child(2)"), info["name"])
+
+        # A user, on the node's real server.
+        await self.follow("tr[data-node='1'] td a")
+        await self.type("#username", "shop")
+        await self.type("#password", "pw-1")
+        await self.type("#confirm", "pw-1")
+        await self.follow("#create-user")
+        await self.until(self.textIn(".flash-ok", "User shop is set up on node 1."))
+        await self.until(self.textIn("tr[data-user='shop']", "%"))
+        users = await self.managerCall("get_users", {"serviceNodeId": 1})
+        self.assertIn({"username": "shop", "location": "%", "managed": False}, users["1"])
+
+        # A dump, loaded into the real server; then one that fails.
+        dump = os.path.abspath(self.mktemp() + ".sql")
+        with open(dump, "w") as f:
+            f.write("CREATE DATABASE guitest;\nUSE guitest;\n"
+                    "CREATE TABLE t (a INT PRIMARY KEY, b VARCHAR(40));\n")
+            for i in range(5000):
+                f.write(f"INSERT INTO t VALUES ({i}, 'row {i} of the GUI test dump');\n")
+        await self.type("#mysqldump", dump)
+        await self.click("#upload-dump")
+        await self.until(
+            lambda d: d.find_element(By.ID, "upload-status").get_attribute("data-done"),
+            self.NODE_WAIT,
+        )
+        self.assertEqual(await self.text("#upload-status"),
+                         f"The dump {os.path.basename(dump)} was loaded into node 1.")
+        self.assertEqual(
+            await self.do(lambda d: d.find_element(By.ID, "upload-progress").get_attribute("value")),
+            "100",
+        )
+        await self.screenshot("real-node")
+        rootCnf = [os.path.join(top, "root.cnf") for top, _, files in os.walk(self.cloud.baseDir)
+                   if "root.cnf" in files]
+        self.assertEqual(len(rootCnf), 1)
+        rows = await deferToThread(_rowsOfGuiTest, rootCnf[0])
+        self.assertEqual(len(rows), 5000)
+        self.assertEqual(rows[4999], (4999, "row 4999 of the GUI test dump"))
+
+        bad = os.path.abspath(self.mktemp() + ".sql")
+        with open(bad, "w") as f:
+            f.write("USE guitest;\nINSERT INTO t VALUES (1, 'duplicate');\n")
+        await self.do(lambda d: d.execute_script(
+            "document.getElementById('upload-status').removeAttribute('data-done');"))
+        await self.type("#mysqldump", bad)
+        await self.click("#upload-dump")
+        await self.until(
+            lambda d: d.find_element(By.ID, "upload-status").get_attribute("data-done"),
+            self.NODE_WAIT,
+        )
+        status = await self.text("#upload-status")
+        self.assertIn("The operation failed: node 1: the dump failed at line 2", status)
+        self.assertIn("Duplicate entry", status)
+
+        # Replication is not in the manager yet: its answer is shown in words.
+        await self.follow("#h-replication ~ .actions button[aria-label='Make node 1 the master']")
+        await self.until(self.textIn(".flash-error", "Not available in this deployment"))
+        self.assertIn("set_up_replica_master is not available yet",
+                      await self.text(".flash-error"))
+        await self.follow("#h-replication ~ .actions button[aria-label='Make node 1 a slave']")
+        await self.until(self.textIn(".flash-error", "set_up_replica_slave is not available yet"))
+        await self.screenshot("real-node-replication-not-available")
+
+        # Remove it, confirming; it leaves the live table.
+        await self.follow("#h-replication ~ .actions a.danger")
+        await self.follow("#confirm-remove")
+        await self.until(self.textIn(".flash-ok", "Node 1 is being removed."))
+        await self.until(self.textIn("#nodes-status", "no nodes yet"), self.NODE_WAIT)
+        self.assertEqual(await self.managerCall("list_nodes"), {"serviceNode": []})
+        for line in self.logged:
+            self.assertNotIn(self.manager.token, line)
+
+
+class _Manager:
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token

@@ -109,7 +109,8 @@ class GUITestCase(TestCase):
     timeout = 120
     apiOptions: dict[str, Any] = {}
 
-    async def startGUI(self, **apiOptions: Any) -> None:
+    def captureLogs(self) -> None:
+        """Keep every log line (and traceback) of the test in C{self.logged}."""
         self.logged: list[str] = []
 
         def observe(event: dict[str, Any]) -> None:
@@ -119,17 +120,24 @@ class GUITestCase(TestCase):
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
-        self.manager: FakeManager = serveFakeManager(TOKEN, **{**self.apiOptions, **apiOptions})
-        self.addCleanup(self.manager.stop)
-        self.api = self.manager.api
+
+    async def startFrontEnd(self, managerURL: str) -> None:
+        """The stand-alone front-end for C{managerURL} on a free port, and a client."""
         state = os.path.abspath(self.mktemp())
-        self.gui = GUIService(state, self.manager.url, "tcp:0:interface=127.0.0.1")
+        self.gui = GUIService(state, managerURL, "tcp:0:interface=127.0.0.1")
         self.gui.startService()
         self.addCleanup(self.gui.stopService)
         port = await self.gui.listening
         self.base = f"http://127.0.0.1:{port.getHost().port}/ui/"
         self.web = WebClient(self.base)
         self.addCleanup(self.web.close)
+
+    async def startGUI(self, **apiOptions: Any) -> None:
+        self.captureLogs()
+        self.manager: FakeManager = serveFakeManager(TOKEN, **{**self.apiOptions, **apiOptions})
+        self.addCleanup(self.manager.stop)
+        self.api = self.manager.api
+        await self.startFrontEnd(self.manager.url)
 
     async def signedIn(self, **apiOptions: Any) -> WebClient:
         await self.startGUI(**apiOptions)
@@ -419,8 +427,15 @@ class PageTests(GUITestCase):
         self.assertNotIn("s3cret", page.text)
         page = await self.act(web, f"{nodePage}/users/delete", nodePage, username="ghost")
         self.assertIn("Not found: no user 'ghost' on node 1", html.unescape(page.text))
-        page = await self.act(web, f"{nodePage}/users/delete", nodePage, username="app")
-        self.assertIn("No users yet.", page.text)
+        page = await self.act(web, f"{nodePage}/users/delete", nodePage, username="app",
+                              host="%")
+        self.assertEqual(self.api.called("delete_user")[-1],
+                         {"serviceNodeId": 1, "username": "app", "host": "%"})
+        self.assertNotIn('data-user="app"', page.text)
+        # The service's own users are shown without a delete button.
+        self.assertIn('<tr data-user="root"><td>root</td><td>localhost</td><td><span '
+                      'class="muted">managed by the service</span>', page.text)
+        self.assertNotIn('name="username" value="root"', page.text)
 
     async def test_upload_streams_to_manager(self) -> None:
         """The XHR upload answers JSON; the dump reaches send_mysqldump whole."""

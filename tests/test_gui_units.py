@@ -258,15 +258,16 @@ class ModelTests(SynchronousTestCase):
                          {"qps": None, "connections": None, "lag": None})
 
     def test_users(self) -> None:
-        users = [{"username": "a", "location": "%"}]
+        users = [{"username": "a", "location": "%", "managed": False}]
         self.assertEqual(model.usersOfNode({"1": users, "2": []}, 1), users)
         self.assertEqual(model.usersOfNode({"users": users}, 1), users)
         self.assertEqual(model.usersOfNode(users, 1), users)
         self.assertEqual(model.usersOfNode({"5": users}, 1), users)
         self.assertEqual(model.usersOfNode({"2": users, "3": users}, 1), [])
-        self.assertEqual(model.usersOfNode(["x"], 1), [{"username": "x", "location": "%"}])
-        self.assertEqual(model.usersOfNode([{"user": "u", "host": "h"}], 1),
-                         [{"username": "u", "location": "h"}])
+        self.assertEqual(model.usersOfNode(["x"], 1),
+                         [{"username": "x", "location": "%", "managed": False}])
+        self.assertEqual(model.usersOfNode([{"user": "u", "host": "h", "managed": True}], 1),
+                         [{"username": "u", "location": "h", "managed": True}])
         self.assertEqual(model.usersOfNode(None, 1), [])
 
     def test_not_available_is_an_rpc_error(self) -> None:

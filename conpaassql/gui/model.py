@@ -195,7 +195,8 @@ def performanceFigures(perf: Any) -> dict[str, float | None]:
 def usersOfNode(result: Any, nodeId: Any) -> list[dict[str, Any]]:
     """
     The users of one node from a C{get_users} result, which may be a list of
-    users, C{{"users": [...]}}, or a mapping from node id to users.
+    users, C{{"users": [...]}}, or a mapping from node id to users.  Users
+    the service manages itself (root, replication) come with C{managed}.
     """
     if isinstance(result, Mapping):
         if "users" in result:
@@ -217,8 +218,9 @@ def usersOfNode(result: Any, nodeId: Any) -> list[dict[str, Any]]:
                 {
                     "username": str(user.get("username", user.get("user", ""))),
                     "location": str(user.get("location", user.get("host", "%"))),
+                    "managed": user.get("managed") is True,
                 }
             )
         elif isinstance(user, str):
-            users.append({"username": user, "location": "%"})
+            users.append({"username": user, "location": "%", "managed": False})
     return users

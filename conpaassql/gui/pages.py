@@ -419,18 +419,21 @@ def nodePage(
         rows = []
         for user in users:
             username = str(user.get("username", ""))
+            location = str(user.get("location", ""))
+            action: Any
+            if user.get("managed"):
+                action = tags.span(class_="muted")("managed by the service")
+            else:
+                action = postForm(
+                    ctx, f"nodes/{nodeId}/users/delete",
+                    tags.input(type="hidden", name="username", value=username),
+                    tags.input(type="hidden", name="host", value=location),
+                    button("Delete", kind="danger",
+                           **{"aria-label": f"Delete user {username}@{location}"}),
+                )
             rows.append(
                 tags.tr(**{"data-user": username})(
-                    tags.td(username),
-                    tags.td(str(user.get("location", ""))),
-                    tags.td(
-                        postForm(
-                            ctx, f"nodes/{nodeId}/users/delete",
-                            tags.input(type="hidden", name="username", value=username),
-                            button("Delete", kind="danger",
-                                   **{"aria-label": f"Delete user {username}"}),
-                        )
-                    ),
+                    tags.td(username), tags.td(location), tags.td(action),
                 )
             )
         userTable = tags.div(class_="table-wrap")(

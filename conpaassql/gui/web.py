@@ -586,9 +586,11 @@ class GUIResource(resource.Resource):
                          id: int) -> None:
         form = await self._form(request)
         username = form.get("username", "")
+        params: dict[str, Any] = {"serviceNodeId": id, "username": username}
+        if form.get("host"):
+            params["host"] = form["host"]
         await self._act(request, base, session, form,
-                        self._client(session).call(
-                            "delete_user", {"serviceNodeId": id, "username": username}),
+                        self._client(session).call("delete_user", params),
                         f"User {username} was deleted from node {id}.", f"nodes/{id}")
 
     async def uploadDump(self, request: server.Request, base: str, session: Session,

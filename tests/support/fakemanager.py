@@ -149,7 +149,7 @@ class FakeManagerAPI:
             self.users[node["id"]][username] = password
         return {"return": "OK"}
 
-    @method(params=("serviceNodeId", "username"))
+    @method(params=("serviceNodeId", "username", "host"))
     def delete_user(self, params: Params) -> Any:
         self._record("delete_user", params)
         username = params.str("username")
@@ -166,7 +166,8 @@ class FakeManagerAPI:
         else:
             ids = sorted(self.nodes)
         return {
-            str(i): [{"username": u, "location": "%"} for u in sorted(self.users[i])]
+            str(i): [{"username": "root", "location": "localhost", "managed": True}]
+            + [{"username": u, "location": "%", "managed": False} for u in sorted(self.users[i])]
             for i in ids
         }
 
