@@ -520,3 +520,59 @@ def _bytesFile(data: bytes) -> Any:
     import io
 
     return io.BytesIO(data)
+
+
+class MountedTests(GUITestCase):
+    """
+    The front-end mounted as C{/ui/} of the manager's own site, beside the
+    JSON-RPC resource at C{/}, calling the API of the site it is part of (as
+    the manager will serve it).
+    """
+
+    async def test_under_the_managers_site(self) -> None:
+        from twisted.web.resource import Resource
+
+        from conpaassql.gui.tap import ManagerClients
+        from conpaassql.gui.web import makeGUIResource
+        from conpaassql.rpc.client import RPCClient
+        from conpaassql.rpc.dispatch import Dispatcher, Introspection
+        from conpaassql.rpc.resource import RPCResource, TokenAuth, makeSite
+        from tests.support.fakemanager import FakeManagerAPI
+
+        self.captureLogs()
+        self.api = FakeManagerAPI()
+        self.api.addNode(state="RUNNING")
+        dispatcher = Dispatcher(self.api)
+        dispatcher.collect(Introspection(dispatcher))
+        clients = ManagerClients("http://unset/", reactor=reactor)
+        self.addCleanup(clients.close)
+        gui = makeGUIResource(clients.forToken, reactor=reactor, secret=b"s" * 32)
+        root = Resource()
+        root.putChild(b"", RPCResource(dispatcher, TokenAuth([TOKEN])))
+        root.putChild(b"ui", gui)
+        port = reactor.listenTCP(0, makeSite(root, uploadDir=os.path.abspath(".")),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/"
+        clients.url = gui.managerURL = url
+        self.web = WebClient(url + "ui/")
+        self.addCleanup(self.web.close)
+
+        response = await self.web.get(url + "ui")
+        self.assertEqual((response.code, response.header("location")), (303, "/ui/"))
+        self.assertEqual((await self.web.signIn()).code, 303)
+        csrf = (await self.web.get("nodes")).csrf()
+        response = await self.web.post("nodes/add", {"csrf": csrf, "count": "1"})
+        self.assertEqual(response.code, 303)
+        self.assertEqual(sorted(self.api.nodes), [1, 2])
+        response = await self.web.request(
+            "POST", "nodes/1/dump", files={"mysqldump": ("d.sql", "text/plain",
+                                                         _bytesFile(b"SELECT 1;\n"))},
+            headers={"Accept": "application/json", "X-CSRF-Token": csrf},
+        )
+        self.assertEqual(response.json()["ok"], True, response.text)
+        self.assertEqual(self.api.uploads, [(1, "d.sql", b"SELECT 1;\n")])
+        # The API is still served at / beside it.
+        client = RPCClient(url, TOKEN, reactor=reactor)
+        self.addCleanup(client.close)
+        self.assertEqual(await client.call("list_nodes"), {"serviceNode": [1, 2]})
