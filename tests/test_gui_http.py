@@ -206,6 +206,13 @@ class SignInTests(GUITestCase):
         self.assertEqual((await self.web.get("nodes")).code, 303)
         self.assertNotIn("not-the-token", response.text)
 
+    async def test_not_a_token(self) -> None:
+        await self.startGUI()
+        response = await self.web.signIn("x" * 2000)
+        self.assertEqual(response.code, 400)
+        self.assertIn("That is not an API token", response.text)
+        self.assertEqual(self.api.calls, [])
+
     async def test_empty_token(self) -> None:
         await self.startGUI()
         response = await self.web.signIn("   ")
@@ -235,11 +242,22 @@ class SignInTests(GUITestCase):
     async def test_token_revoked(self) -> None:
         """When the manager stops taking the session's token, the session ends."""
         web = await self.signedIn()
-        self.manager.port.factory.resource.auth._tokens = [b"rotated"]
+        auth = self.manager.port.factory.resource.auth
+        auth._tokens = [b"rotated"]
         response = await web.get("nodes")
         self.assertEqual(response.code, 401)
         self.assertIn("The manager refused the API token", response.text)
         self.assertEqual((await web.get("nodes")).code, 303)
+        # The same from pages that make several calls at once, and from JSON.
+        for path in ["", "nodes/1", "api/service"]:
+            auth._tokens = [TOKEN.encode()]
+            web.cookies.clear()
+            self.assertEqual((await web.signIn()).code, 303)
+            auth._tokens = [b"rotated"]
+            response = await web.get(path)
+            self.assertEqual(response.code, 401, path)
+            self.assertIn("The manager refused the API token", response.text)
+            self.assertEqual((await web.get(path)).code, 303 if path != "api/service" else 401)
 
     async def test_token_never_in_url_or_log(self) -> None:
         web = await self.signedIn()

@@ -28,13 +28,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,6 +54,8 @@ __all__ = ["COOKIE_NAME", "GUIResource", "makeGUIResource"]
 log = Logger()
 
 COOKIE_NAME = b"conpaassql_session"
+#: The longest API token accepted at sign-in.
+MAX_TOKEN = 1024
 #: The largest urlencoded form body accepted.
 MAX_FORM = 64 * 1024
 #: Files served from C{static/}, with their content types.
@@ -414,6 +416,20 @@ class GUIResource(resource.Resource):
         except (RPCError, TransportError) as e:
             return None, self._error(e)
 
+    async def _tryBoth(
+        self, first: Coroutine[Any, Any, Any], second: Coroutine[Any, Any, Any]
+    ) -> list[tuple[Any, str | None]]:
+        """L{_try} two calls at once; a refused token still ends the session."""
+        try:
+            results: list[tuple[Any, str | None]] = await gatherResults(
+                [Deferred.fromCoroutine(self._try(first)),
+                 Deferred.fromCoroutine(self._try(second))],
+                consumeErrors=True,
+            )
+        except FirstError as e:
+            e.subFailure.raiseException()
+        return results
+
     # -- sign-in ----------------------------------------------------------
 
     async def _loginForm(self, request: server.Request, base: str, error: str | None = None,
@@ -436,6 +452,10 @@ class GUIResource(resource.Resource):
         peer = getattr(request.getClientAddress(), "host", "?")
         if not token:
             return await self._loginForm(request, base, "Enter the manager's API token.", 400)
+        if len(token) > MAX_TOKEN or any(c in token for c in "\r\n\x00"):
+            return await self._loginForm(
+                request, base, "That is not an API token: paste the content of the manager's "
+                "api-token file.", 400)
         try:
             await self._clients(token).call("get_service_info")
         except RPCError as e:
@@ -467,10 +487,9 @@ class GUIResource(resource.Resource):
 
     async def servicePage(self, request: server.Request, base: str, session: Session) -> None:
         client = self._client(session)
-        (info, error), (_, perfError) = await gatherResults([
-            Deferred.fromCoroutine(self._try(client.call("get_service_info"))),
-            Deferred.fromCoroutine(self._try(client.call("get_service_performance"))),
-        ])
+        (info, error), (_, perfError) = await self._tryBoth(
+            client.call("get_service_info"), client.call("get_service_performance")
+        )
         await self._page(request, pages.servicePage(self._context(base, session),
                                                     info, error, perfError))
 
@@ -481,10 +500,10 @@ class GUIResource(resource.Resource):
     async def nodePage(self, request: server.Request, base: str, session: Session,
                        id: int) -> None:
         client = self._client(session)
-        (reply, error), (users, usersError) = await gatherResults([
-            Deferred.fromCoroutine(self._try(client.call("get_node_info", {"serviceNodeId": id}))),
-            Deferred.fromCoroutine(self._try(client.call("get_users", {"serviceNodeId": id}))),
-        ])
+        (reply, error), (users, usersError) = await self._tryBoth(
+            client.call("get_node_info", {"serviceNodeId": id}),
+            client.call("get_users", {"serviceNodeId": id}),
+        )
         info = reply.get("serviceNode") if isinstance(reply, Mapping) else None
         ctx = self._context(base, session)
         page = pages.nodePage(ctx, id, info, error,
@@ -647,10 +666,9 @@ class GUIResource(resource.Resource):
 
     async def apiService(self, request: server.Request, base: str, session: Session) -> None:
         client = self._client(session)
-        (info, error), (perf, perfError) = await gatherResults([
-            Deferred.fromCoroutine(self._try(client.call("get_service_info"))),
-            Deferred.fromCoroutine(self._try(client.call("get_service_performance"))),
-        ])
+        (info, error), (perf, perfError) = await self._tryBoth(
+            client.call("get_service_info"), client.call("get_service_performance")
+        )
         self._json(request, {
             "ok": error is None,
             "service": info,
