@@ -181,6 +181,8 @@ class OptionsTests(SynchronousTestCase):
         svc = GUIService(state, "http://m:1/", "tcp:0:interface=127.0.0.1", reactor=reactor)
         svc.startService()
         self.assertEqual(len(reactor.tcpServers), 1)
+        # Uploads are spooled to disk, never parsed into memory by Twisted.
+        self.assertIs(reactor.tcpServers[0][1]._parsePOSTFormSubmission, False)
         secret = os.path.join(state, "session-secret")
         self.assertEqual(os.stat(secret).st_mode & 0o777, 0o600)
         with open(secret) as f:
