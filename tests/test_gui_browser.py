@@ -272,6 +272,16 @@ class BrowserTests(BrowserTestCase):
         await self.until(self.textIn(".flash-ok", "Node 2 is being set up as a slave."))
         await self.until(self.textIn("tr[data-node='2'] td:nth-child(5)", "SLAVE"))
         await self.until(self.textIn("tr[data-node='2'] td:nth-child(7)", "0 s"))
+        # The node page follows the node's replication status and error live.
+        await self.follow("tr[data-node='2'] td a")
+        await self.do(lambda d: d.execute_script("window.notReloaded = true;"))
+        self.api.nodes[2]["replication"]["seconds_behind_master"] = 7
+        self.api.nodes[2]["error"] = "replication IO thread stopped: <b>not bold</b>"
+        await self.until(self.textIn("#replication", "7"))
+        await self.until(self.textIn("#last-error", "replication IO thread stopped: <b>not bold</b>"))
+        self.assertTrue(await self.do(lambda d: d.execute_script("return window.notReloaded;")))
+        await self.screenshot("node-slave")
+
         await self.open("")
         await self.until(self.textIn("#service-master", "node 1"))
         # Three samples drawn in each chart, without a reload.

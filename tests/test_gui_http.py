@@ -526,6 +526,13 @@ class PageTests(GUITestCase):
         self.assertIn("seconds_behind_master", page.text)
         rows = (await web.get("api/nodes")).json()["nodes"]
         self.assertEqual([(r["role"], r["lag"]) for r in rows], [("MASTER", None), ("SLAVE", 0.0)])
+        node = (await web.get("api/nodes/2")).json()
+        self.assertIn(["seconds_behind_master", "0"], node["replication"])
+        self.assertIn(["Role", "SLAVE"], node["details"])
+        self.assertIsNone(node["lastError"])
+        missing = (await web.get("api/nodes/9")).json()
+        self.assertEqual((missing["ok"], missing["error"]),
+                         (False, "Not found: no node 9 in this service"))
         service = (await web.get("api/service")).json()
         self.assertEqual(service["service"]["master"], 1)
         self.assertEqual(set(service["performance"]), {"qps", "connections", "lag"})

@@ -356,6 +356,28 @@ _DETAIL_KEYS = (
 )
 
 
+NO_REPLICATION = "No replication status reported for this node."
+
+
+def detailFacts(info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A node's details as (label, text): the known keys, then any other plain ones."""
+    shown = {k for k, _ in _DETAIL_KEYS} | {"replication", "error"}
+    facts = [(label, _text(info.get(key), "none" if key == "role" else "unknown"))
+             for key, label in _DETAIL_KEYS]
+    facts += [(k, _text(v)) for k, v in sorted(info.items())
+              if k not in shown and not isinstance(v, (dict, list))]
+    return facts
+
+
+def replicationFacts(info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A node's replication status as (label, text), empty when it reports none."""
+    replication = info.get("replication")
+    if not isinstance(replication, Mapping):
+        return []
+    return [(str(k), _text(v if not isinstance(v, (dict, list)) else str(v), "none"))
+            for k, v in sorted(replication.items())]
+
+
 def nodePage(
     ctx: Context,
     nodeId: Any,
@@ -371,34 +393,21 @@ def nodePage(
     ]
     if error:
         body.append(tags.p(class_="flash flash-error", role="alert")(error))
-    shown = {k for k, _ in _DETAIL_KEYS} | {"replication", "error"}
-    extra = [(k, v) for k, v in sorted(info.items()) if k not in shown and not isinstance(v, (dict, list))]
     body.append(
         tags.section(class_="card", **{"aria-labelledby": "h-details"})(
             tags.h2(id="h-details")("Details"),
-            _definitions(
-                [(label, _text(info.get(key), "none" if key == "role" else "unknown"))
-                 for key, label in _DETAIL_KEYS]
-                + [(k, _text(v)) for k, v in extra],
-                id="node-details",
+            tags.div(id="node-details", **{"data-node": str(nodeId)})(
+                _definitions(detailFacts(info))
             ),
         )
     )
-    replication = info.get("replication")
-    if isinstance(replication, Mapping) and replication:
-        replicationBody: Any = _definitions(
-            [(str(k), _text(v if not isinstance(v, (dict, list)) else str(v)))
-             for k, v in sorted(replication.items())],
-            id="replication",
-        )
-    else:
-        replicationBody = tags.p(id="replication")(
-            "No replication status reported for this node."
-        )
+    replication = replicationFacts(info)
     body.append(
         tags.section(class_="card", **{"aria-labelledby": "h-replication"})(
             tags.h2(id="h-replication")("Replication"),
-            replicationBody,
+            tags.div(id="replication")(
+                _definitions(replication) if replication else tags.p(NO_REPLICATION)
+            ),
             nodeActions(ctx, nodeId, "node"),
         )
     )

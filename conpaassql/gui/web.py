@@ -150,6 +150,7 @@ ROUTES = (
     _route("POST", "nodes/<id>/dump", "uploadDump"),
     _route("GET", "api/nodes", "apiNodes", json=True),
     _route("GET", "api/service", "apiService", json=True),
+    _route("GET", "api/nodes/<id>", "apiNode", json=True),
 )
 
 
@@ -663,6 +664,21 @@ class GUIResource(resource.Resource):
     async def apiNodes(self, request: server.Request, base: str, session: Session) -> None:
         rows, error = await self._try(model.nodeRows(self._client(session)))
         self._json(request, {"ok": error is None, "nodes": rows or [], "error": error})
+
+    async def apiNode(self, request: server.Request, base: str, session: Session,
+                      id: int) -> None:
+        reply, error = await self._try(
+            self._client(session).call("get_node_info", {"serviceNodeId": id})
+        )
+        info = reply.get("serviceNode") if isinstance(reply, Mapping) else None
+        info = info if isinstance(info, Mapping) else {}
+        self._json(request, {
+            "ok": error is None,
+            "error": error,
+            "details": pages.detailFacts(info) if error is None else None,
+            "replication": pages.replicationFacts(info) if error is None else None,
+            "lastError": info.get("error"),
+        })
 
     async def apiService(self, request: server.Request, base: str, session: Session) -> None:
         client = self._client(session)

@@ -234,6 +234,38 @@
     }, function (message) { status.textContent = message; });
   }
 
+  // -- node page ----------------------------------------------------------------
+
+  function facts(list) {
+    return el("dl", { "class": "facts" }, list.map(function (pair) {
+      return el("div", {}, [el("dt", {}, [String(pair[0])]), el("dd", {}, [String(pair[1])])]);
+    }));
+  }
+
+  function replaceContent(node, child) {
+    while (node.firstChild) { node.removeChild(node.firstChild); }
+    node.appendChild(child);
+  }
+
+  function startNode() {
+    var details = document.getElementById("node-details");
+    var replication = document.getElementById("replication");
+    var lastError = document.getElementById("last-error");
+    if (!details) { return; }
+    var shown = {};
+    poll("api/nodes/" + encodeURIComponent(details.getAttribute("data-node")), function (data) {
+      if (!data.ok) { return; }  // the page already says what failed when it loaded
+      var key = JSON.stringify([data.details, data.replication, data.lastError]);
+      if (shown.key === key) { return; }
+      shown.key = key;
+      replaceContent(details, facts(data.details));
+      replaceContent(replication, data.replication.length ? facts(data.replication)
+        : el("p", {}, ["No replication status reported for this node."]));
+      lastError.textContent = data.lastError ? String(data.lastError) : "none";
+      lastError.className = data.lastError ? "row-error" : "muted";
+    }, function () {});
+  }
+
   // -- dump upload ------------------------------------------------------------
 
   function startUpload() {
@@ -293,6 +325,6 @@
     var page = document.body.getAttribute("data-page");
     if (page === "nodes") { startNodes(); }
     if (page === "service") { startService(); }
-    if (page === "node") { startUpload(); }
+    if (page === "node") { startUpload(); startNode(); }
   });
 })();
