@@ -227,7 +227,7 @@ def servicePage(
             tags.p(tags.a(href=ctx.url("nodes"))("Manage nodes")),
         )
     )
-    charts = tags.div(class_="charts")
+    charts = tags.div(class_="charts", id="charts", **({"hidden": "hidden"} if perfError else {}))
     for key, title, unit in CHARTS:
         charts(
             tags.figure(class_="chart", id=f"chart-{key}", **{"data-series": key, "data-unit": unit})(
@@ -240,7 +240,8 @@ def servicePage(
     body.append(
         tags.section(class_="card", **{"aria-labelledby": "h-perf"})(
             tags.h2(id="h-perf")("Performance"),
-            tags.p(id="perf-status", **{"aria-live": "polite"})(
+            tags.p(id="perf-status", class_="flash flash-note" if perfError else "muted",
+                   **{"aria-live": "polite"})(
                 perfError if perfError else "Waiting for the first figures…"
             ),
             charts,

@@ -213,11 +213,14 @@
           }
         }
       }
+      var charts = document.getElementById("charts");
       if (data.performanceError) {
         status.textContent = data.performanceError;
-        status.className = "flash flash-error";
+        status.className = "flash flash-note";
+        charts.hidden = true;
         return;
       }
+      charts.hidden = false;
       var perf = data.performance || {};
       status.className = "muted";
       status.textContent = "Updated " + clock();
