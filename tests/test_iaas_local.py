@@ -15,13 +15,16 @@ import os
 import signal
 import socket
 import stat
+import sys
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from conpaassql.common.procfs import process_argv
 from conpaassql.iaas.base import (
     CloudFailure,
     DriverConfigError,
@@ -38,15 +41,8 @@ from tests.support.mariadb import pid_alive, skip_unless_mariadb
 
 TAG = "test"
 OTHER = "other"
+reactor: Any = _reactor  # typed Any: mypy without the zope plugin misreads it
 WAIT = 180.0  # seconds: a generous bound on a 2-core machine shared with others
-
-
-def _argv(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
 
 
 def _processesMentioning(text: str) -> list[int]:
@@ -55,9 +51,9 @@ def _processesMentioning(text: str) -> list[int]:
     """
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            if any(text in a for a in _argv(int(entry))) and pid_alive(int(entry)):
-                found.append(int(entry))
+        pid = int(entry) if entry.isdigit() else os.getpid()
+        if pid != os.getpid() and any(text in a for a in process_argv(pid)) and pid_alive(pid):
+            found.append(pid)
     return found
 
 
@@ -72,6 +68,11 @@ def _environ(pid: int) -> bytes:
 def _read(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.read()
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _freePort() -> int:
@@ -213,8 +214,13 @@ class SettingsTests(SynchronousTestCase):
         )
         self.assertEqual(len(e.problems), 5, e.problems)
         text = str(e)
-        for word in ("LOCAL_BASE", "LOCAL_BIND_ADDRESS", "LOCAL_BOOT_TIMEOUT",
-                     "LOCAL_STOP_TIMEOUT", "service tag"):
+        for word in (
+            "LOCAL_BASE",
+            "LOCAL_BIND_ADDRESS",
+            "LOCAL_BOOT_TIMEOUT",
+            "LOCAL_STOP_TIMEOUT",
+            "service tag",
+        ):
             self.assertIn(word, text)
 
     def test_no_io(self) -> None:
@@ -240,7 +246,9 @@ class NodeDirectoryTests(SynchronousTestCase):
         self.base = os.path.join(self.stateDir, "local-cloud")
         os.makedirs(self.base)
         self.driver = makeDriver(
-            {"LOCAL_BOOT_TIMEOUT": "60"}, stateDir=self.stateDir, reactor=self.clock,
+            {"LOCAL_BOOT_TIMEOUT": "60"},
+            stateDir=self.stateDir,
+            reactor=self.clock,
             serviceTag=TAG,
         )
 
@@ -269,15 +277,18 @@ class NodeDirectoryTests(SynchronousTestCase):
         self.node("something-else")
         with open(os.path.join(self.base, vmName(TAG, 3)), "w") as f:
             f.write("a file, not a node")
-        os.symlink(os.path.join(self.base, vmName(OTHER, 1)), os.path.join(self.base, vmName(TAG, 4)))
+        os.symlink(
+            os.path.join(self.base, vmName(OTHER, 1)), os.path.join(self.base, vmName(TAG, 4))
+        )
         self.assertEqual([i.vmId for i in self.listed()], [vmName(TAG, 2), vmName(TAG, 10)])
 
     def test_pending_then_failed_after_boot_timeout(self) -> None:
         name = vmName(TAG, 1)
         self.node(name, created=990.0)
         [info] = self.listed()
-        self.assertEqual((info.vmId, info.name, info.state, info.ip), (name, name, "PENDING",
-                                                                        "127.0.0.1"))
+        self.assertEqual(
+            (info.vmId, info.name, info.state, info.ip), (name, name, "PENDING", "127.0.0.1")
+        )
         self.clock.advance(60)
         [info] = self.listed()
         self.assertEqual(info.state, "FAILED")
@@ -285,16 +296,15 @@ class NodeDirectoryTests(SynchronousTestCase):
 
     def test_launch_failure_recorded(self) -> None:
         self.node(
-            vmName(TAG, 1), files={"launch-failed": "twistd failed to start the agent (exit code 1)"}
+            vmName(TAG, 1),
+            files={"launch-failed": "twistd failed to start the agent (exit code 1)"},
         )
         [info] = self.listed()
         self.assertEqual(info.state, "FAILED")
         self.assertIn("exit code 1", info.detail)
 
     def test_ended_after_launch(self) -> None:
-        path = self.node(
-            vmName(TAG, 1), files={"launched": "", "agent-token": "s3cret-token\n"}
-        )
+        path = self.node(vmName(TAG, 1), files={"launched": "", "agent-token": "s3cret-token\n"})
         with open(os.path.join(path, "agent.log"), "w") as f:
             f.write("x" * 10000 + "\nline one\n\nline two with s3cret-token\nServer Shut Down.\n")
         [info] = self.listed()
@@ -317,10 +327,19 @@ class NodeDirectoryTests(SynchronousTestCase):
         self.assertEqual(info.state, "GONE")
 
     def test_refused_names(self) -> None:
-        for bad in ("", "..", "../x", f"{vmName(TAG, 1)}/../../x", "/etc",
-                    vmName(OTHER, 1), f"conpaassql-{TAG}-node-01x", f"{vmName(TAG, 1)}\n"):
-            f = self.failureResultOf(Deferred.fromCoroutine(self.driver.terminate(bad)),
-                                     CloudFailure)
+        for bad in (
+            "",
+            "..",
+            "../x",
+            f"{vmName(TAG, 1)}/../../x",
+            "/etc",
+            vmName(OTHER, 1),
+            f"conpaassql-{TAG}-node-01x",
+            f"{vmName(TAG, 1)}\n",
+        ):
+            f = self.failureResultOf(
+                Deferred.fromCoroutine(self.driver.terminate(bad)), CloudFailure
+            )
             self.assertFalse(f.value.transient, bad)
             f = self.failureResultOf(
                 Deferred.fromCoroutine(self.driver.create(NodeSpec(1, bad, {"AGENT_TOKEN": "t"}))),
@@ -365,9 +384,7 @@ class NodeDirectoryTests(SynchronousTestCase):
 
     def test_existing_name_refused(self) -> None:
         self.node(vmName(TAG, 1))
-        f = self.failureResultOf(
-            Deferred.fromCoroutine(self.driver.create(spec(1))), CloudFailure
-        )
+        f = self.failureResultOf(Deferred.fromCoroutine(self.driver.create(spec(1))), CloudFailure)
         self.assertIn("already exists", str(f.value))
 
     def test_closed(self) -> None:
@@ -396,8 +413,10 @@ class LocalAgentTests(TestCase):
         nodeSpec = spec(1)
         token = nodeSpec.context["AGENT_TOKEN"]
         created = await driver.create(nodeSpec)
-        self.assertEqual(created, VMInfo(nodeSpec.name, nodeSpec.name, "PENDING", "127.0.0.1",
-                                         None, "agent starting"))
+        self.assertEqual(
+            created,
+            VMInfo(nodeSpec.name, nodeSpec.name, "PENDING", "127.0.0.1", None, "agent starting"),
+        )
         seen: list[str] = []
         running = await waitFor(driver, created.vmId, ("RUNNING", "FAILED"), seen)
         self.assertEqual(running.state, "RUNNING", running.detail)
@@ -421,14 +440,13 @@ class LocalAgentTests(TestCase):
         # Secrets: 0600/0700 files, never on a command line, in an
         # environment or in the log.
         self.assertEqual(stat.S_IMODE(os.stat(nodeDir).st_mode), 0o700)
-        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(nodeDir, "agent-token")).st_mode),
-                         0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(nodeDir, "agent-token")).st_mode), 0o600)
         self.assertEqual(_read(os.path.join(nodeDir, "agent-token")).strip(), token)
         self.assertEqual(_processesMentioning(token), [])
         agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
         for pid in (agentPid, mysqld):
             self.assertNotIn(token.encode(), _environ(pid))
-        self.assertIn(f"--pidfile={nodeDir}/twistd.pid", _argv(agentPid))
+        self.assertIn(f"--pidfile={nodeDir}/twistd.pid", process_argv(agentPid))
         self.assertNotIn(token, _read(os.path.join(nodeDir, "agent.log")))
         self.assertNotIn(token, repr(nodeSpec))
 
@@ -484,6 +502,24 @@ class LocalAgentTests(TestCase):
         if socketDir is not None:
             self.assertFalse(os.path.exists(socketDir))
         self.assertEqual(await driver.list(), [])
+
+    async def test_two_nodes_at_once(self) -> None:
+        """
+        Two nodes created together (add_nodes with count 2) both run, each
+        with its own agent and server.
+        """
+        driver = self.cloud.driver()
+        specs = [spec(11), spec(12)]
+        infos = [await driver.create(s) for s in specs]
+        states = []
+        for nodeSpec, info in zip(specs, infos, strict=True):
+            running = await waitFor(driver, info.vmId, ("RUNNING", "FAILED"))
+            self.assertEqual(running.state, "RUNNING", running.detail)
+            states.append(await serverRunning(running, nodeSpec.context["AGENT_TOKEN"]))
+        self.assertEqual([s["state"] for s in states], ["RUNNING", "RUNNING"], states)
+        self.assertNotEqual(states[0]["port"], states[1]["port"])
+        self.assertNotEqual(states[0]["mysqld_port"], states[1]["mysqld_port"])
+        self.assertEqual([i.vmId for i in await driver.list()], [i.vmId for i in infos])
 
     async def test_agent_port_from_context(self) -> None:
         driver = self.cloud.driver()
@@ -561,6 +597,102 @@ class LocalAgentTests(TestCase):
         await ours.terminate(mine.vmId)
         [still] = await theirs.list()
         self.assertEqual((still.vmId, still.state), (other.vmId, "RUNNING"))
+
+
+class StubbornAgentTests(TestCase):
+    """
+    Termination of an agent that ignores SIGTERM: a real process that
+    the driver takes for a node's agent (its arguments name the node's pid
+    file), started by the test.
+    """
+
+    timeout = 300
+
+    def setUp(self) -> None:
+        self.cloud = localCloud(self)
+
+    async def stubbornNode(self, nodeId: int) -> tuple[str, _Stubborn]:
+        name = vmName(TAG, nodeId)
+        nodeDir = self.cloud.nodeDir(name)
+        os.makedirs(nodeDir, mode=0o700)
+        record = {"name": name, "nodeId": nodeId, "created": reactor.seconds()}
+        _write(os.path.join(nodeDir, "vm.json"), json.dumps(record))
+        proto = _Stubborn()
+        reactor.spawnProcess(
+            proto,
+            sys.executable,
+            [sys.executable, "-c", _STUBBORN, f"--pidfile={nodeDir}/twistd.pid"],
+            env={},
+        )
+        self.addCleanup(proto.ended)
+        await proto.ready
+        _write(os.path.join(nodeDir, "twistd.pid"), str(proto.pid))
+        return name, proto
+
+    async def test_killed_after_stop_timeout(self) -> None:
+        name, proto = await self.stubbornNode(1)
+        driver = self.cloud.driver(LOCAL_STOP_TIMEOUT="0.5")
+        [info] = await driver.list()
+        self.assertEqual((info.vmId, info.state), (name, "BOOTING"))
+        await driver.terminate(name)
+        self.assertEqual(await proto.ended(), signal.SIGKILL)
+        self.assertFalse(os.path.exists(self.cloud.nodeDir(name)))
+        self.assertEqual(await driver.list(), [])
+
+    async def test_close_interrupts_terminate(self) -> None:
+        """
+        A manager stopping in the middle of a termination: the VM is then
+        listed GONE ("terminating") and a new terminate finishes the job.
+        """
+        name, proto = await self.stubbornNode(2)
+        driver = self.cloud.driver()
+        terminating = Deferred.fromCoroutine(driver.terminate(name))
+        await driver.close()
+        with self.assertRaises(CloudFailure) as caught:
+            await terminating
+        self.assertIn("closed", str(caught.exception))
+        again = self.cloud.driver(LOCAL_STOP_TIMEOUT="0.5")
+        [info] = await again.list()
+        self.assertEqual((info.state, info.detail), ("GONE", "terminating"))
+        await again.terminate(name)
+        self.assertEqual(await proto.ended(), signal.SIGKILL)
+        self.assertEqual(await again.list(), [])
+
+
+_STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(600)"
+)
+
+
+class _Stubborn(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ready: Deferred[None] = Deferred()
+        self._ended: list[Deferred[int | None]] = []
+        self.signal: int | None = None
+        self.done = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.pid: int = transport.pid
+
+    def outReceived(self, data: bytes) -> None:
+        if b"ready" in data and not self.ready.called:
+            self.ready.callback(None)
+
+    def processEnded(self, reason: Any) -> None:
+        self.done = True
+        self.signal = getattr(reason.value, "signal", None)
+        for d in self._ended:
+            d.callback(self.signal)
+
+    def ended(self) -> Deferred[int | None]:
+        """The signal that ended it (a new Deferred each time)."""
+        if self.done:
+            return succeed(self.signal)
+        d: Deferred[int | None] = Deferred()
+        self._ended.append(d)
+        return d
 
 
 class _NoFactory:

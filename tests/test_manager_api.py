@@ -14,7 +14,6 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor as _reactor
-
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -124,7 +123,9 @@ class APITests(TestCase):
             data=b'{"params": {"function": "agent"}, "method": "add_nodes", "id": "1"}',
         )
         self.assertEqual(code, 200)
-        tag = self.m.service.manager.serviceTag  # type: ignore[union-attr]
+        assert self.m.service.manager is not None
+        tag = self.m.service.manager.serviceTag
+        assert tag is not None
         self.assertEqual(body, {
             "result": {"serviceNode": {"id": 1, "ip": None, "state": "PENDING",
                                        "name": vmName(tag, 1)}},
@@ -317,6 +318,22 @@ class APITests(TestCase):
             "set_up_replica_master", "set_up_replica_slave", "get_service_performance",
             "list_methods",
         })
+
+
+class LogFileTests(TestCase):
+    async def test_logfile(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        m = ManagerFixture(self)
+        m.config = ManagerConfig(poll_interval=0.05, logfile=path)
+        await m.start()
+        await m.call("add_nodes", {})
+        await m.running(1)
+        await m.stop()
+        with open(path) as f:
+            text = f.read()
+        self.assertIn("manager API listening at " + m.url, text)
+        self.assertIn("node 1: BOOTING -> RUNNING", text)
+        self.assertNotIn(m.tokens[1], text)
 
 
 class RestartTests(TestCase):

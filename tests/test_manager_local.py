@@ -92,8 +92,8 @@ class InProcessTests(TestCase):
         service.startService()
         self.addCleanup(lambda: service.stopService() if service.running else None)
         port = await service.listening
-        with open(os.path.join(cloud.stateDir, "api-token")) as f:
-            token = f.read().strip()
+        with open(os.path.join(cloud.stateDir, "api-token")) as tokenFile:
+            token = tokenFile.read().strip()
         client = RPCClient(f"http://127.0.0.1:{port.getHost().port}/", token, reactor=reactor,
                            timeout=60)
         self.addCleanup(client.close)
@@ -132,11 +132,11 @@ class InProcessTests(TestCase):
 
         # A dump, streamed through the manager to both agents.
         path = os.path.join(cloud.stateDir, "shop.sql")
-        with open(path, "wb") as f:
-            f.write(DUMP)
-        with open(path, "rb") as f:
+        with open(path, "wb") as out:
+            out.write(DUMP)
+        with open(path, "rb") as dump:
             loaded = await client.upload("send_mysqldump", {"serviceNodeId": "all"},
-                                         {"mysqldump": ("shop.sql", f)}, timeout=120)
+                                         {"mysqldump": ("shop.sql", dump)}, timeout=120)
         self.assertEqual(loaded["1"]["bytes"], len(DUMP))
         for info in infos:
             rows = await deferToThread(selectItems, info["mysqld_port"], "app", "s3cret pw")

@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from conpaassql.iaas.base import CONTEXT_KEYS, CloudFailure, vmName
+from conpaassql.manager import lifecycle
 from conpaassql.manager import node as nodemodule
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.registry import Registry, SynchronousPool
@@ -44,7 +45,8 @@ class Harness:
         self.path = path
         self.driver = fakeDriver or FakeDriver(self.clock)
         self.agents = agents or FakeAgents()
-        settings: dict[str, Any] = dict(poll_interval=POLL, boot_timeout=60,
+        settings: dict[str, Any] = dict(poll_interval=POLL, boot_poll_interval=POLL,
+                                        boot_timeout=60,
                                         unreachable_timeout=30, probe_timeout=5)
         settings.update(config)
         self.config = ManagerConfig(**settings)
@@ -113,6 +115,41 @@ class Harness:
 
 
 class MachineTests(SynchronousTestCase):
+    def test_lifecycle_complete(self) -> None:
+        automaton = lifecycle.LifecycleMachine.__automat_automaton__
+        inputs = [m for m in dir(lifecycle.Lifecycle) if not m.startswith("_")]
+        missing = []
+        for state in (lifecycle.init, lifecycle.prologue, lifecycle.running,
+                      lifecycle.epilogue, lifecycle.stopped, lifecycle.error):
+            for name in inputs:
+                try:
+                    automaton.outputForInput(state, name)
+                except NoTransition:
+                    missing.append((state.name, name))
+        self.assertEqual(missing, [])
+
+    def test_lifecycle(self) -> None:
+        core = lifecycle.PhaseCore()
+        machine = lifecycle.LifecycleMachine(core)
+        self.assertFalse(machine.shutdown())
+        self.assertEqual(core.phase, "INIT")
+        machine.start()
+        self.assertEqual(core.phase, "PROLOGUE")
+        machine.polled()
+        self.assertEqual(core.phase, "RUNNING")
+        self.assertTrue(machine.shutdown())
+        self.assertFalse(machine.shutdown())
+        self.assertEqual(core.phase, "EPILOGUE")
+        machine.polled()
+        machine.nodesGone()
+        self.assertEqual(core.phase, "STOPPED")
+        failing = lifecycle.PhaseCore()
+        other = lifecycle.LifecycleMachine(failing)
+        other.start()
+        other.startFailed("no registry")
+        self.assertEqual((failing.phase, failing.error), ("ERROR", "no registry"))
+        self.assertFalse(other.shutdown())
+
     def test_every_input_defined_in_every_state(self) -> None:
         automaton = nodemodule.NodeMachine.__automat_automaton__
         inputs = [m for m in dir(nodemodule.NodeInputs) if not m.startswith("_")]
@@ -219,6 +256,29 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIn("cannot connect", error)
         self.assertEqual(self.h.stored()[nodeId][0], "ERROR")
 
+    def test_server_start_retried_then_error(self) -> None:
+        self.h.agents.default = "failed"
+        [nodeId] = self.h.add()
+        self.h.poll()
+        starts = [c for c in self.h.agents.calls if c[1] == "start_server"]
+        self.assertEqual(len(starts), 1)
+        self.assertEqual(self.h.state(nodeId), "BOOTING")
+        self.h.poll()
+        self.assertEqual(self.h.state(nodeId), "BOOTING")
+        self.h.poll()
+        self.assertEqual(len([c for c in self.h.agents.calls if c[1] == "start_server"]), 2)
+        self.assertEqual(self.h.state(nodeId), "ERROR")
+        self.assertIn("database server did not start: initialising the data directory failed "
+                      "(after 2 more attempts)", self.h.info(nodeId)["error"])
+
+    def test_server_start_retried_then_running(self) -> None:
+        self.h.agents.default = "failed"
+        [nodeId] = self.h.add()
+        self.h.poll()
+        self.h.agents.default = "up"
+        self.h.poll()
+        self.assertEqual(self.h.state(nodeId), "RUNNING")
+
     def test_pending_deadline(self) -> None:
         self.h.driver.bootDelay = 1000
         [nodeId] = self.h.add()
@@ -306,6 +366,19 @@ class LifecycleTests(SynchronousTestCase):
         self.h.poll(2)
         self.assertEqual(self.h.state(nodeId), "RUNNING")
 
+    def test_faster_polls_while_booting(self) -> None:
+        h = Harness(self, boot_poll_interval=0.5).start()
+        self.addCleanup(h.stop)
+        h.driver.bootDelay = 1.2
+        [nodeId] = h.add()
+        lists = len(h.driver.callsOf("list"))
+        h.clock.pump([0.5] * 3)
+        self.assertEqual(h.state(nodeId), "RUNNING")
+        self.assertEqual(len(h.driver.callsOf("list")) - lists, 3)
+        # Once no node boots, every poll_interval only.
+        h.clock.pump([0.5] * 8)
+        self.assertEqual(len(h.driver.callsOf("list")) - lists, 5)
+
     def test_probes_bounded(self) -> None:
         h = Harness(self, probe_concurrency=3).start()
         self.addCleanup(h.stop)
@@ -377,7 +450,7 @@ class LifecycleTests(SynchronousTestCase):
         f = self.failureResultOf(
             Deferred.fromCoroutine(self.h.manager.removeNode(master)), Conflict
         )
-        self.assertIn(f"replicate from it", f.value.message)
+        self.assertIn("replicate from it", f.value.message)
         self.h.remove(slave)
         self.h.remove(master)
         self.assertEqual(self.h.manager.nodes, {})
@@ -441,6 +514,20 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(self.h.stopped, 0)
         self.h.clock.advance(1)
         self.assertEqual(self.h.stopped, 1)
+
+    def test_stop_during_shutdown(self) -> None:
+        h = Harness(self).start()
+        [nodeId] = h.add()
+        h.driver.failTerminate = CloudFailure("busy")
+        self.successResultOf(Deferred.fromCoroutine(h.manager.shutdown()))
+        h.poll()
+        h.stop()
+        self.assertEqual(h.stored()[nodeId][0], "TERMINATING")
+        h.driver.failTerminate = None
+        again = Harness(self, path=h.path, clock=h.clock, fakeDriver=h.driver,
+                        agents=h.agents).start()
+        self.addCleanup(again.stop)
+        self.assertEqual(again.state(nodeId), "TERMINATED")
 
     def test_service_info(self) -> None:
         self.h.driver.failCreate = CloudFailure("no")
@@ -569,6 +656,7 @@ class PersistenceTests(SynchronousTestCase):
         self.assertIn("cannot start", info["error"])
         self.failureResultOf(Deferred.fromCoroutine(h.manager.addNodes("agent", 1)),
                              WrongState)
+        self.failureResultOf(Deferred.fromCoroutine(h.manager.shutdown()), WrongState)
 
     def test_record_copy_written(self) -> None:
         h = Harness(self).start()

@@ -11,17 +11,14 @@ import os
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
 from conpaassql.agent.api import AgentAPI
 from conpaassql.agent.config import AgentConfig, ConfigError, load_config
 from conpaassql.agent.mysqld import ManagedServer, ScriptServer, ServerControl
-from conpaassql.common.files import read_or_create_token, write_file_atomic
-from conpaassql.rpc.dispatch import Dispatcher, Introspection
-from conpaassql.rpc.resource import RPCResource, TokenAuth, makeSite
+from conpaassql.rpc.serve import RPCServerService
 
 log = Logger()
 
@@ -62,10 +59,13 @@ class Options(usage.Options):
             raise SystemExit(0)
 
 
-class AgentService(service.MultiService):
+class AgentService(RPCServerService):
     """
     The agent: its database server (a child service) and its HTTP API.
     """
+
+    urlFile = "agent-url"
+    what = "agent API"
 
     def __init__(
         self,
@@ -77,28 +77,14 @@ class AgentService(service.MultiService):
         maxUpload: int = 64 * 1024**3,
         reactor: Any = None,
     ) -> None:
-        super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
-        self.reactor = reactor
-        self.stateDir = stateDir
+        super().__init__(stateDir, listen, tokenFile, reactor=reactor)
         self.config = config
-        self.listen = listen
-        self.tokenFile = tokenFile
         self.maxUpload = maxUpload
         self.server: ServerControl | None = None
         self.api: AgentAPI | None = None
-        self.port: Any = None
-        self.listening: Deferred[Any] = Deferred()
 
     def startService(self) -> None:
-        os.makedirs(self.stateDir, mode=0o700, exist_ok=True)
-        uploads = os.path.join(self.stateDir, "uploads")
-        os.makedirs(uploads, mode=0o700, exist_ok=True)
-        token = read_or_create_token(self.tokenFile)
-        log.info("API token is in {path} (mode 0600)", path=self.tokenFile)
+        token, uploads = self.prepareStateDir()
         if self.config.server.mode == "script":
             server: Any = ScriptServer(self.stateDir, self.config, reactor=self.reactor)
         else:
@@ -109,50 +95,15 @@ class AgentService(service.MultiService):
             server,
             self.reactor,
             agentPort=lambda: self.port.getHost().port if self.port else None,
-            stopAgent=self._stopAgent,
-        )
-        dispatcher = Dispatcher(self.api)
-        dispatcher.collect(Introspection(dispatcher))
-        site = makeSite(
-            RPCResource(dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}")),
-            maxUpload=self.maxUpload,
-            uploadDir=uploads,
+            stopAgent=self.stopProcess,
         )
         super().startService()
-        d = endpoints.serverFromString(self.reactor, self.listen).listen(site)
-        d.addCallbacks(self._listening, self._listenFailed)
-
-    def _listening(self, port: Any) -> None:
-        self.port = port
-        host = port.getHost()
-        url = f"http://{host.host}:{host.port}/"
-        # Atomic: whoever waits for this file (the LOCAL cloud driver) reads
-        # the whole URL or nothing.
-        write_file_atomic(os.path.join(self.stateDir, "agent-url"), url + "\n")
-        log.info("agent API listening at {url}", url=url)
-        self.listening.callback(port)
-
-    def _listenFailed(self, failure: Any) -> None:
-        log.failure("cannot listen on {listen}", failure, listen=self.listen)
-        self.listening.errback(failure)
-        self._stopAgent()
-
-    def _stopAgent(self) -> None:
-        if self.reactor.running:
-            self.reactor.stop()
-        else:
-            # A listen failure is reported while twistd starts the services,
-            # before the reactor runs: stop it as soon as it does, instead of
-            # running on without an API.
-            self.reactor.callWhenRunning(self.reactor.stop)
+        self.serve([self.api], token, maxUpload=self.maxUpload, uploadDir=uploads)
 
     def stopService(self) -> Deferred[None]:
         if self.api is not None:
             self.api.closeDatabase()
-        d = succeed(None) if self.port is None else self.port.stopListening()
-        self.port = None
-        d.addCallback(lambda _: super(AgentService, self).stopService())
-        return d
+        return super().stopService()
 
 
 def makeService(options: Options) -> service.IService:

@@ -22,6 +22,17 @@ Layout of C{<base dir>/<vm name>/} (mode 0700; the VM's name is its id)::
     terminating    written when termination starts
     agent/         the agent's --state-dir: agent-url, mysql/ (the server)
 
+States (L{LocalDriver.list}): PENDING until twistd has written the agent's
+pid file; BOOTING while the agent runs but has not yet written its URL;
+RUNNING once it has (C{agentPort} from that URL); FAILED when twistd could
+not start it, when its process is gone, or when it has no process
+C{LOCAL_BOOT_TIMEOUT} seconds after creation (the detail ends with the last
+lines of C{agent.log}, without the token); GONE while it is being
+terminated.  A termination interrupted (by L{LocalDriver.close} or a manager
+crash) leaves the VM GONE with detail C{"terminating"}: terminate it again
+to finish.  The agent is recognised by its pid I{and} by its command line,
+which names the node's pid file, so a recycled pid is not taken for it.
+
 Settings (the C{[iaas]} section, keys in any case, all optional):
 
   - C{LOCAL_BASE_DIR}: where the node directories are; default
@@ -40,6 +51,7 @@ Any other C{LOCAL_*} key is an error; keys without the C{LOCAL_} prefix
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import json
 import os
@@ -63,6 +75,7 @@ from twisted.python.failure import Failure
 
 import conpaassql
 from conpaassql.common.files import write_file_atomic, write_secret_file
+from conpaassql.common.procfs import pid_alive, process_argv
 from conpaassql.iaas.base import (
     CloudFailure,
     DriverConfigError,
@@ -208,37 +221,6 @@ def _tail(path: str, lines: int = 12, limit: int = 8192) -> list[str]:
     return [line for line in text if line.strip()][-lines:]
 
 
-def _pidAlive(pid: int) -> bool:
-    """
-    Whether a process exists and is not a zombie.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
-def _argv(pid: int) -> list[str]:
-    """
-    The arguments of a process, or C{[]} if they cannot be read.
-    """
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return []
-    return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
-
-
 def _readPid(path: str) -> int | None:
     text = _readSmall(path, 64)
     if text is None or not text.strip().isdigit():
@@ -290,7 +272,7 @@ class _Node:
 
     def isAgent(self, pid: int) -> bool:
         """Whether C{pid} is this node's agent (not a recycled pid)."""
-        return _pidAlive(pid) and self.pidfileArg in _argv(pid)
+        return pid_alive(pid) and self.pidfileArg in process_argv(pid)
 
     def agentPid(self) -> int | None:
         """The live agent's pid, verified by its command line."""
@@ -307,7 +289,7 @@ class _Node:
         prefix = self.dir + os.sep
         markers = tuple(f"{opt}={prefix}" for opt in ("--pidfile", "--defaults-file", "--datadir"))
         me = os.getpid()
-        found = []
+        found: list[int] = []
         try:
             entries = os.listdir("/proc")
         except OSError:
@@ -316,7 +298,7 @@ class _Node:
             if not entry.isdigit() or int(entry) == me:
                 continue
             pid = int(entry)
-            if any(a.startswith(markers) for a in _argv(pid)) and _pidAlive(pid):
+            if any(a.startswith(markers) for a in process_argv(pid)) and pid_alive(pid):
                 found.append(pid)
         return found
 
@@ -330,7 +312,7 @@ class _Node:
         cnf = _readSmall(os.path.join(self.agentDir, "mysql", "my.cnf"))
         if cnf is None:
             return None
-        m = re.search(r"^\s*socket\s*=\s*(\S+)\s*$", cnf, re.M)
+        m = re.search(r"^\s*socket\s*=\s*(\S+)\s*$", cnf, re.MULTILINE)
         if m is None:
             return None
         directory = os.path.dirname(m.group(1))
@@ -356,7 +338,8 @@ class _Launcher(ProcessProtocol):
         self._waiters: list[Deferred[None]] = []
 
     def connectionMade(self) -> None:
-        self.transport.closeStdin()
+        transport: Any = self.transport
+        transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._output += data
@@ -384,8 +367,9 @@ class _Launcher(ProcessProtocol):
         return d
 
     def kill(self) -> None:
+        transport: Any = self.transport
         try:
-            self.transport.signalProcess("KILL")
+            transport.signalProcess("KILL")
         except ProcessExitedAlready:
             pass
 
@@ -564,21 +548,11 @@ class LocalDriver:
             d.errback(CloudFailure("the LOCAL driver was closed", transient=False))
         deadline = self._reactor.seconds() + self.launcherTimeout
         for launcher in list(self._launchers.values()):
-            ended = launcher.whenEnded()
-            ended.addTimeout(max(0.0, deadline - self._reactor.seconds()), self._reactor)
-            try:
-                await ended
-            except DeferredTimeoutError:
-                self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
-                    "twistd for {name} still running; killing it (its agent is not affected)",
-                    name=launcher.node.name,
-                )
-                launcher.kill()
-                await launcher.whenEnded()
+            await self._awaitLauncher(launcher, max(0.0, deadline - self._reactor.seconds()))
 
     # -- creating
 
-    def _agentArgv(self, node: _Node, port: int) -> list[str]:
+    def _agentArgv(self, node: _Node, port: int) -> builtins.list[str]:
         listen = f"tcp:{port}:interface={_endpointAddress(self.settings.bindAddress)}"
         return [
             sys.executable,
@@ -611,8 +585,9 @@ class LocalDriver:
             "PYTHONPATH": source,
         }
 
-    def _launcherEnded(self, launcher: _Launcher, code: int | None, sig: int | None,
-                       output: bytes) -> None:
+    def _launcherEnded(
+        self, launcher: _Launcher, code: int | None, sig: int | None, output: bytes
+    ) -> None:
         node = launcher.node
         if self._launchers.get(node.name) is launcher:
             del self._launchers[node.name]
@@ -626,7 +601,8 @@ class LocalDriver:
             text = output.decode("utf-8", "replace").strip() or "(no output)"
             text = self._redact(node, text)
             write_file_atomic(
-                node.path(LAUNCH_FAILED_FILE), f"twistd failed to start the agent ({how}): {text}\n",
+                node.path(LAUNCH_FAILED_FILE),
+                f"twistd failed to start the agent ({how}): {text}\n",
                 mode=0o600,
             )
         except OSError:
@@ -658,8 +634,9 @@ class LocalDriver:
             port = _port(_readSmall(os.path.join(node.agentDir, "agent-url"), 1024))
             if port is None:
                 return VMInfo(node.name, node.name, "BOOTING", ip=ip, detail="agent starting")
-            return VMInfo(node.name, node.name, "RUNNING", ip=ip, agentPort=port,
-                          detail=f"agent pid {pid}")
+            return VMInfo(
+                node.name, node.name, "RUNNING", ip=ip, agentPort=port, detail=f"agent pid {pid}"
+            )
         if pid is not None:
             reason = f"the agent process (pid {pid}) is gone"
         elif launchFailed is not None:
@@ -710,6 +687,11 @@ class LocalDriver:
             write_file_atomic(node.path(TERMINATING_FILE), "", mode=0o600)
         except OSError as e:
             raise CloudFailure(f"terminate {node.name}: cannot mark it: {e}") from None
+        launcher = self._launchers.get(node.name)
+        if launcher is not None:
+            # Between its fork and its exec, its command line is still ours:
+            # it could not be found by its arguments.  It is quick.
+            await self._awaitLauncher(launcher, self.launcherTimeout)
         await self._stopProcesses(node)
         socketDir = node.socketDir()
         try:
@@ -731,6 +713,24 @@ class LocalDriver:
             except OSError:
                 pass
         self.log.info("terminated local VM {name}", name=node.name)
+
+    async def _awaitLauncher(self, launcher: _Launcher, timeout: float) -> None:
+        """
+        Wait for a twistd launcher to exit; kill it after C{timeout} seconds
+        (an agent it already daemonized is not affected).
+        """
+        ended = launcher.whenEnded()
+        ended.addTimeout(timeout, self._reactor)
+        try:
+            await ended
+        except DeferredTimeoutError:
+            self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+                "twistd for {name} still running after {timeout:g} s; killing it",
+                name=launcher.node.name,
+                timeout=timeout,
+            )
+            launcher.kill()
+            await launcher.whenEnded()
 
     async def _stopProcesses(self, node: _Node) -> None:
         """

@@ -9,6 +9,7 @@ wire by the dispatcher.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.web.client import FileBodyProducer
@@ -129,6 +130,27 @@ class ManagerAPI:
 
     # Users and data, on one node or "all".
 
+    async def _forward(
+        self,
+        target: int | str,
+        agentMethod: str,
+        forward: dict[str, Any],
+        show: Callable[[Any], Any] = lambda result: "OK",
+    ) -> dict[str, Any]:
+        """
+        Call C{agentMethod} on the target nodes' agents.
+
+        @return: C{{node id: show(agent's result)}}, with the skipped nodes.
+        """
+        nodes, skipped = await self.manager.targets(target)
+
+        async def call(client: AgentClient) -> Any:
+            return show(await client.call(agentMethod, forward,
+                                          timeout=self.manager.config.agent_call_timeout))
+
+        done = await self.manager.onAgents(nodes, call, agentMethod)
+        return {**done, **skipped}
+
     @method(params=("serviceNodeId", "username", "password", "host", "databases",
                     "privileges"))
     async def configure_user(self, params: Params) -> dict[str, Any]:
@@ -146,15 +168,7 @@ class ManagerAPI:
         for name in ("databases", "privileges"):
             if name in params:
                 forward[name] = params.strList(name)
-        nodes, skipped = await self.manager.targets(target)
-
-        async def call(client: AgentClient) -> Any:
-            await client.call("configure_user", forward,
-                              timeout=self.manager.config.agent_call_timeout)
-            return "OK"
-
-        done = await self.manager.onAgents(nodes, call, "configure_user")
-        return {**done, **skipped}
+        return await self._forward(target, "configure_user", forward)
 
     @method(params=("serviceNodeId", "username", "host"))
     async def delete_user(self, params: Params) -> dict[str, Any]:
@@ -163,29 +177,16 @@ class ManagerAPI:
         forward: dict[str, Any] = {"username": params.str("username", maxLength=80)}
         if "host" in params:
             forward["host"] = params.str("host", maxLength=255)
-        nodes, skipped = await self.manager.targets(target)
-
-        async def call(client: AgentClient) -> Any:
-            await client.call("delete_user", forward,
-                              timeout=self.manager.config.agent_call_timeout)
-            return "OK"
-
-        done = await self.manager.onAgents(nodes, call, "delete_user")
-        return {**done, **skipped}
+        return await self._forward(target, "delete_user", forward)
 
     @method(params=("serviceNodeId",))
     async def get_users(self, params: Params) -> dict[str, Any]:
         """The database users of a node or of every node (the default), by node id."""
         target = _target(params, default="all")
-        nodes, skipped = await self.manager.targets(target)
-
-        async def call(client: AgentClient) -> Any:
-            result = await client.call("get_all_users", {},
-                                       timeout=self.manager.config.agent_call_timeout)
-            return result.get("return") if isinstance(result, dict) else result
-
-        done = await self.manager.onAgents(nodes, call, "get_users")
-        return {**done, **skipped}
+        return await self._forward(
+            target, "get_all_users", {},
+            lambda result: result.get("return") if isinstance(result, dict) else result,
+        )
 
     @method(params=("serviceNodeId", "database"), upload=True)
     async def send_mysqldump(self, params: Params) -> Any:

@@ -9,6 +9,8 @@ An INI file in the original's shape, read once into a frozen dataclass::
 
     [manager]
     poll_interval = 2         ; seconds between polls (the seed's poll_agents_timer)
+    boot_poll_interval =      ; seconds between polls while nodes are PENDING or BOOTING
+                              ; (default 0.2 on the LOCAL driver, else poll_interval)
     boot_timeout = 300        ; seconds a node may take from add_nodes to RUNNING
     unreachable_timeout = 600 ; seconds a RUNNING node's agent may stay silent
     probe_timeout = 5         ; seconds for one agent probe
@@ -27,13 +29,12 @@ C{makeDriver} (see L{conpaassql.manager.drivers}).
 
 from __future__ import annotations
 
-import configparser
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from conpaassql.common.config import ConfigError, ConfigProblem
+from conpaassql.common.config import ConfigError, ConfigProblem, readConfigText, readIni
 from conpaassql.manager.drivers import DRIVERS, driverModule
 
 __all__ = ["ConfigError", "ConfigProblem", "ManagerConfig", "load_config", "parse_config"]
@@ -49,6 +50,9 @@ class ManagerConfig:
         default_factory=lambda: MappingProxyType({}), repr=False
     )
     poll_interval: float = 2.0
+    #: L{None}: 0.2 s on the LOCAL driver (a list is a directory scan there),
+    #: else C{poll_interval} (see L{bootPollInterval}).
+    boot_poll_interval: float | None = None
     boot_timeout: float = 300.0
     unreachable_timeout: float = 600.0
     probe_timeout: float = 5.0
@@ -59,10 +63,18 @@ class ManagerConfig:
     agent_port: int = 60000
     logfile: str | None = None
 
+    @property
+    def bootPollInterval(self) -> float:
+        """Seconds between polls while nodes are PENDING or BOOTING."""
+        if self.boot_poll_interval is not None:
+            return self.boot_poll_interval
+        return min(0.2, self.poll_interval) if self.driver == "LOCAL" else self.poll_interval
+
 
 #: [manager] key -> (type, minimum, maximum)
 _NUMBERS: dict[str, tuple[type, float, float]] = {
     "poll_interval": (float, 0.01, 3600),
+    "boot_poll_interval": (float, 0.01, 3600),
     "boot_timeout": (float, 1, 7 * 86400),
     "unreachable_timeout": (float, 1, 7 * 86400),
     "probe_timeout": (float, 0.1, 600),
@@ -81,22 +93,10 @@ def parse_config(text: str, source: str = "<config>") -> ManagerConfig:
 
     @raise ConfigError: listing every problem found.
     """
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    problems: list[ConfigProblem] = []
+    parser, problems = readIni(text, source, ("iaas", "manager"))
 
     def problem(section: str | None, key: str | None, message: str) -> None:
         problems.append(ConfigProblem(section, key, message))
-
-    try:
-        parser.read_string(text, source=source)
-    except configparser.Error as e:
-        raise ConfigError(source, [ConfigProblem(None, None, f"cannot parse: {e.message}")])
-    if parser.defaults():
-        problem("DEFAULT", None, "the DEFAULT section is not used; move its keys to a section")
-    for section in parser.sections():
-        if section not in ("iaas", "manager"):
-            problem(section, None, "unknown section; known: iaas, manager")
 
     driver = "LOCAL"
     settings: dict[str, str] = {}
@@ -163,9 +163,4 @@ def load_config(path: str | None) -> ManagerConfig:
     """
     if path is None:
         return parse_config("", "<defaults>")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, [ConfigProblem(None, None, f"cannot read: {e}")])
-    return parse_config(text, path)
+    return parse_config(readConfigText(path), path)

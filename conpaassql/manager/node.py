@@ -7,7 +7,8 @@ States (the names the registry keeps and the API shows)::
     PENDING ----cloud running----> BOOTING ----agent up----> RUNNING <--agent up--+
        |                              |                        |                  |
        | cloud failed / gone,         | cloud failed / gone,   | agent down       |
-       | create failed, timed out     | timed out              v                  |
+       | create failed, timed out     | timed out, server      v                  |
+       |                              | cannot start           |                  |
        +--------------> ERROR <-------+-------------- RUNNING (unreachable) ------+
                                                    (timed out, cloud failed/gone)
     any state --remove--> TERMINATING --terminated--> TERMINATED
@@ -82,6 +83,9 @@ class NodeInputs(Protocol):
     def timedOut(self, reason: str) -> None:
         "A deadline of the current state passed."
 
+    def agentFailed(self, reason: str) -> None:
+        "The agent answers, but its database server cannot be started."
+
     def remove(self) -> None:
         "Someone asked for the node to go."
 
@@ -130,6 +134,8 @@ class NodeCore:
         self.agentInfo: Mapping[str, Any] = {}
         #: Why the last probe failed (while booting or unreachable).
         self.lastProbeError: str | None = None
+        #: How often the manager asked the agent to start its server again.
+        self.startAttempts = 0
         self._writes: list[Deferred[None]] = []
 
     @property
@@ -273,6 +279,15 @@ for _state in (pending, booting, unreachable):
     @_state.upon(NodeInputs.timedOut).to(error)
     def _timedOut(inputs: NodeInputs, core: NodeCore, reason: str) -> None:
         core.enter("ERROR", reason)
+
+for _state in (pending, booting):
+
+    @_state.upon(NodeInputs.agentFailed).to(error)
+    def _agentFailed(inputs: NodeInputs, core: NodeCore, reason: str) -> None:
+        core.enter("ERROR", reason)
+
+for _state in (running, unreachable, error, terminating, terminated):
+    _ignore(_state, NodeInputs.agentFailed)
 
 
 @pending.upon(NodeInputs.createFailed).to(error)

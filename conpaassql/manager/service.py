@@ -18,15 +18,17 @@ clock) runs a cycle every C{poll_interval} seconds:
   5. every change is written to the registry before the cycle ends.
 
 The loop body catches and logs everything, so one bad cycle never stops
-polling.  Request handlers never wait for provisioning: L{Manager.addNodes}
+polling.  While nodes are PENDING or BOOTING, cycles run every
+C{boot_poll_interval} instead, so that a new node is seen RUNNING soon after
+it is.  Request handlers never wait for provisioning: L{Manager.addNodes}
 records the nodes and starts their creation in the background.
 """
 
 from __future__ import annotations
 
 import collections
-from dataclasses import replace
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from twisted.application import service
@@ -46,6 +48,7 @@ from twisted.python.failure import Failure
 
 from conpaassql.iaas.base import IaaSDriver, NodeSpec, VMInfo, nodeIdOfName
 from conpaassql.manager.config import ManagerConfig
+from conpaassql.manager.lifecycle import Lifecycle, LifecycleMachine, PhaseCore
 from conpaassql.manager.node import ADAPTING_STATES, Node, NodeCore, NodeHooks
 from conpaassql.manager.registry import NodeRecord, Registry
 from conpaassql.rpc.errors import (
@@ -57,7 +60,7 @@ from conpaassql.rpc.errors import (
     WrongState,
 )
 
-__all__ = ["AgentClient", "Manager", "PHASES"]
+__all__ = ["PHASES", "AgentClient", "Manager"]
 
 log = Logger()
 
@@ -68,6 +71,11 @@ PHASES = ("INIT", "PROLOGUE", "RUNNING", "ADAPTING", "EPILOGUE", "STOPPED", "ERR
 
 #: The longest wait between cloud list calls after failures.
 MAX_LIST_BACKOFF = 60.0
+
+#: How often a booting node's agent is asked to start its server again after
+#: the server failed to start (e.g. a failed data directory initialisation),
+#: before the node is ERROR.
+MAX_START_ATTEMPTS = 2
 
 
 class AgentClient(Protocol):
@@ -98,6 +106,40 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+class _ClosingClient:
+    """
+    An agent client that, once closed, closes its connections again when its
+    last call in flight ends (a connection in use when the pool is closed
+    would otherwise go back to the pool and stay open).
+    """
+
+    def __init__(self, client: AgentClient) -> None:
+        self._client = client
+        self._calls = 0
+        self._closed = False
+
+    async def _counted(self, work: Awaitable[Any]) -> Any:
+        self._calls += 1
+        try:
+            return await work
+        finally:
+            self._calls -= 1
+            if self._closed and self._calls == 0:
+                await self._client.close()
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None, *,
+                   timeout: float | None = None) -> Any:
+        return await self._counted(self._client.call(method, params, timeout=timeout))
+
+    async def upload(self, method: str, params: Mapping[str, str], files: Mapping[str, Any],
+                     *, timeout: float | None = None) -> Any:
+        return await self._counted(self._client.upload(method, params, files, timeout=timeout))
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._client.close()
+
+
 class Manager(service.Service):
     """
     @param registry: the node registry (opened on start, closed on stop).
@@ -123,8 +165,8 @@ class Manager(service.Service):
         self._agentClientFactory = agentClientFactory
         self.clock = clock
         self._stopProcess = stopProcess
-        self.phase = "INIT"
-        self.error: str | None = None
+        self._phase = PhaseCore()
+        self.lifecycle: Lifecycle = LifecycleMachine(self._phase)
         self.serviceTag: str | None = None
         self.driver: IaaSDriver | None = None
         self.managerUrl: str | None = None
@@ -142,18 +184,23 @@ class Manager(service.Service):
         self.cycles = 0
         self.ready: Deferred[None] = Deferred()
         self._urlKnown: Deferred[None] = Deferred()
-        self._poller = TimerService(config.poll_interval, self._cycle)
+        self._nextCycle = 0.0
+        self._poller = TimerService(
+            min(config.poll_interval, config.bootPollInterval), self._cycle
+        )
         self._poller.clock = clock
         self._epilogue: Deferred[None] | None = None
 
     # Phases.
 
-    def _setPhase(self, phase: str, error: str | None = None) -> None:
-        if phase != self.phase:
-            log.info("manager: {old} -> {new}", old=self.phase, new=phase)
-        self.phase = phase
-        if error is not None:
-            self.error = error
+    @property
+    def phase(self) -> str:
+        """The lifecycle's state (L{conpaassql.manager.lifecycle})."""
+        return self._phase.phase
+
+    @property
+    def error(self) -> str | None:
+        return self._phase.error
 
     def serviceState(self) -> str:
         """The state get_service_info reports; RUNNING becomes ADAPTING while nodes move."""
@@ -173,7 +220,7 @@ class Manager(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self._setPhase("PROLOGUE")
+        self.lifecycle.start()
         self._track(Deferred.fromCoroutine(self._prologue()))
 
     async def _prologue(self) -> None:
@@ -185,7 +232,7 @@ class Manager(service.Service):
                 self._add(record)
         except Exception as e:
             log.failure("manager: cannot start")
-            self._setPhase("ERROR", f"cannot start: {_describe(e)}")
+            self.lifecycle.startFailed(f"cannot start: {_describe(e)}")
             self.ready.callback(None)
             return
         log.info(
@@ -210,6 +257,10 @@ class Manager(service.Service):
             self._urlKnown.callback(None)
         if self._poller.running:
             await self._poller.stopService()
+        if self._epilogue is not None:
+            # Stopped during a shutdown: the nodes left TERMINATING are ended
+            # after the next start.
+            self._epilogue.cancel()
         while self._inflight:
             await DeferredList(list(self._inflight))
         for nodeId in list(self._clients):
@@ -227,7 +278,7 @@ class Manager(service.Service):
 
         def done(result: Any) -> None:
             self._inflight.discard(d)
-            if isinstance(result, Failure):
+            if isinstance(result, Failure) and not result.check(CancelledError):
                 log.failure("manager: background work failed", result)
 
         d.addBoth(done)
@@ -405,9 +456,10 @@ class Manager(service.Service):
         the manager is STOPPED and C{stopProcess} is called.
         """
         await self.ready
-        if self.phase in ("EPILOGUE", "STOPPED"):
+        if self.phase == "ERROR":
+            raise WrongState(f"the service is in ERROR: {self.error}", {"state": "ERROR"})
+        if not self.lifecycle.shutdown():
             return
-        self._setPhase("EPILOGUE")
         for node in list(self.nodes.values()):
             node.machine.remove()
         await gatherResults([n.core.flush() for n in self.nodes.values()])
@@ -416,7 +468,7 @@ class Manager(service.Service):
     async def _finish(self) -> None:
         while self.nodes or self._orphans:
             await deferLater(self.clock, min(self.config.poll_interval, 0.5))
-        self._setPhase("STOPPED")
+        self.lifecycle.nodesGone()
         log.info("manager: every node is terminated; stopping")
         self.clock.callLater(0.2, self._stopProcess)
 
@@ -432,6 +484,16 @@ class Manager(service.Service):
         return Deferred.fromCoroutine(self._safeCycle())
 
     async def _safeCycle(self) -> None:
+        """
+        The timer ticks every C{boot_poll_interval}; a cycle runs on a tick
+        while nodes are PENDING or BOOTING (so they are seen RUNNING soon),
+        and otherwise every C{poll_interval}.
+        """
+        now = self.clock.seconds()
+        booting = any(n.state in ("PENDING", "BOOTING") for n in self.nodes.values())
+        if not booting and now < self._nextCycle:
+            return
+        self._nextCycle = now + self.config.poll_interval
         try:
             await self.pollOnce()
         except Exception:
@@ -465,8 +527,7 @@ class Manager(service.Service):
                 self._terminate(node.core)
         await self._flushAll()
         self.cycles += 1
-        if self.phase == "PROLOGUE":
-            self._setPhase("RUNNING")
+        self.lifecycle.polled()
 
     def _reconcile(self, vms: Iterable[VMInfo]) -> None:
         assert self.serviceTag is not None
@@ -482,9 +543,9 @@ class Manager(service.Service):
             elif vm.state != "GONE":
                 self._terminateOrphan(vm)
         for node in list(self.nodes.values()):
-            vm = listed.get(node.id)
-            if vm is not None:
-                node.observe(vm)
+            seen = listed.get(node.id)
+            if seen is not None:
+                node.observe(seen)
             elif node.id in self._creating:
                 continue  # not listed yet
             elif node.state == "PENDING" and node.core.record.vm_id is None:
@@ -512,7 +573,7 @@ class Manager(service.Service):
             return known[1]
         if known is not None:
             self._track(Deferred.fromCoroutine(known[1].close()))
-        client = self._agentClientFactory(url, node.core.record.token)
+        client = _ClosingClient(self._agentClientFactory(url, node.core.record.token))
         self._clients[node.id] = (url, client)
         return client
 
@@ -546,11 +607,31 @@ class Manager(service.Service):
             node.machine.agentDown(f"the agent sent an unexpected reply: {result!r:.100}")
         elif info.get("isRunningMySQL") is True:
             node.machine.agentUp(info)
+        elif node.state == "BOOTING" and info.get("state") == "STOPPED" and info.get("error"):
+            reason = f"its database server did not start: {info['error']}"
+            if node.core.startAttempts >= MAX_START_ATTEMPTS:
+                node.machine.agentFailed(
+                    f"{reason} (after {MAX_START_ATTEMPTS} more attempts)")
+                return
+            node.core.startAttempts += 1
+            log.warn("node {node}: {reason}; asking its agent to start it again",
+                     node=node.id, reason=reason)
+            node.machine.agentDown(reason)
+            self._track(Deferred.fromCoroutine(self._startServer(node, client)))
         else:
             node.machine.agentDown(
                 f"the agent answers but its database server is {info.get('state')}"
                 + (f" ({info['error']})" if info.get("error") else "")
             )
+
+    async def _startServer(self, node: Node, client: AgentClient) -> None:
+        try:
+            await self._timed(
+                client.call("start_server", {}, timeout=self.config.agent_call_timeout),
+                self.config.agent_call_timeout + 1,
+            )
+        except Exception as e:
+            log.warn("node {node}: start_server failed: {why}", node=node.id, why=_describe(e))
 
     async def _flushAll(self) -> None:
         for node in list(self.nodes.values()):

@@ -12,13 +12,10 @@ import tempfile
 from typing import IO, Any
 
 from twisted.application import service
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
 from twisted.python import usage
 
 from conpaassql.common.config import ConfigError
-from conpaassql.common.files import read_or_create_token, write_file_atomic
 from conpaassql.iaas.base import DriverConfigError, IaaSDriver
 from conpaassql.manager import drivers
 from conpaassql.manager.api import ManagerAPI
@@ -26,8 +23,7 @@ from conpaassql.manager.config import ManagerConfig, load_config
 from conpaassql.manager.registry import Registry
 from conpaassql.manager.service import AgentClient, Manager
 from conpaassql.rpc.client import RPCClient
-from conpaassql.rpc.dispatch import Dispatcher, Introspection
-from conpaassql.rpc.resource import RPCResource, TokenAuth, makeSite
+from conpaassql.rpc.serve import RPCServerService
 
 log = Logger()
 
@@ -84,12 +80,13 @@ class Options(usage.Options):
             raise SystemExit(0)
 
 
-class ManagerService(service.MultiService):
+class ManagerService(RPCServerService):
     """
     The manager: its core (L{Manager}, a child service) and its HTTP API.
-
-    @ivar listening: fires with the listening port once the API is served.
     """
+
+    urlFile = "manager-url"
+    what = "manager API"
 
     def __init__(
         self,
@@ -104,23 +101,13 @@ class ManagerService(service.MultiService):
         registry: Registry | None = None,
         stopProcess: Any = None,
     ) -> None:
-        super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
-        self.reactor = reactor
-        self.stateDir = stateDir
+        super().__init__(stateDir, listen, tokenFile, reactor=reactor)
         self.config = config
-        self.listen = listen
-        self.tokenFile = tokenFile
         self._driverFactory = driverFactory
         self._agentClientFactory = agentClientFactory
         self._registry = registry
         self._stopProcessHook = stopProcess
         self.manager: Manager | None = None
-        self.port: Any = None
-        self.listening: Deferred[Any] = Deferred()
         self._logFile: IO[str] | None = None
         self._logObserver: Any = None
 
@@ -138,16 +125,11 @@ class ManagerService(service.MultiService):
                          timeout=self.config.agent_call_timeout, connectTimeout=5.0)
 
     def startService(self) -> None:
-        os.makedirs(self.stateDir, mode=0o700, exist_ok=True)
-        os.chmod(self.stateDir, 0o700)
-        uploads = os.path.join(self.stateDir, "uploads")
-        os.makedirs(uploads, mode=0o700, exist_ok=True)
         if self.config.logfile:
-            self._logFile = open(self.config.logfile, "a", encoding="utf-8")
+            self._logFile = open(self.config.logfile, "a", encoding="utf-8")  # noqa: SIM115
             self._logObserver = textFileLogObserver(self._logFile)
             globalLogPublisher.addObserver(self._logObserver)
-        token = read_or_create_token(self.tokenFile)
-        log.info("API token is in {path} (mode 0600)", path=self.tokenFile)
+        token, uploads = self.prepareStateDir()
         registry = self._registry or Registry.atPath(os.path.join(self.stateDir, REGISTRY_FILE))
         self.manager = Manager(
             self.config,
@@ -155,48 +137,24 @@ class ManagerService(service.MultiService):
             self._driverFactory or self._makeDriver,
             self._agentClientFactory or self._makeClient,
             self.reactor,
-            stopProcess=self._stopProcess,
+            stopProcess=self.stopProcess,
         )
         self.manager.setServiceParent(self)
-        dispatcher = Dispatcher(ManagerAPI(self.manager))
-        dispatcher.collect(Introspection(dispatcher))
-        site = makeSite(
-            RPCResource(dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}")),
-            uploadDir=uploads,
-        )
         super().startService()
-        d = endpoints.serverFromString(self.reactor, self.listen).listen(site)
-        d.addCallbacks(self._listening, self._listenFailed)
+        self.serve([ManagerAPI(self.manager)], token, uploadDir=uploads)
 
-    def _listening(self, port: Any) -> None:
-        self.port = port
-        host = port.getHost()
-        url = f"http://{host.host}:{host.port}/"
-        write_file_atomic(os.path.join(self.stateDir, "manager-url"), url + "\n")
-        log.info("manager API listening at {url}", url=url)
+    def listeningAt(self, url: str) -> None:
         assert self.manager is not None
         self.manager.setManagerUrl(url)
-        self.listening.callback(port)
 
-    def _listenFailed(self, failure: Any) -> None:
-        log.failure("cannot listen on {listen}", failure, listen=self.listen)
-        self.listening.errback(failure)
-        self._stopProcess()
-
-    def _stopProcess(self) -> None:
+    def stopProcess(self) -> None:
         if self._stopProcessHook is not None:
             self._stopProcessHook()
-        elif self.reactor.running:
-            self.reactor.stop()
+        else:
+            super().stopProcess()
 
-    def stopService(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
-        if self.port is not None:
-            port, self.port = self.port, None
-            await port.stopListening()
-        await super().stopService()
+    async def _stopServing(self) -> None:
+        await super()._stopServing()
         if self._logObserver is not None:
             globalLogPublisher.removeObserver(self._logObserver)
             self._logObserver = None

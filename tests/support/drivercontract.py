@@ -117,8 +117,10 @@ class DriverContractMixin:
         Poll C{list()} until the VM is in one of C{states}; fail the test
         after C{runningTimeout} seconds.
         """
-        from twisted.internet import reactor
+        from twisted.internet import reactor as _reactor
         from twisted.internet.task import deferLater
+
+        reactor: Any = _reactor
 
         deadline = reactor.seconds() + self.runningTimeout
         last: VMInfo | None = None

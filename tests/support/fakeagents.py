@@ -45,6 +45,10 @@ class _Client:
             self.agents.hanging.append(d)
             return await d
         if method == "get_server_state":
+            if mode == "failed":
+                return {"return": {"state": "STOPPED", "isRunningMySQL": False,
+                                   "mysqld_port": 3400, "port": 60000,
+                                   "error": "initialising the data directory failed"}}
             running = mode == "up"
             return {"return": {"state": "RUNNING" if running else "STARTING",
                                "isRunningMySQL": running, "mysqld_port": 3400,
@@ -64,7 +68,7 @@ class _Client:
 
 class FakeAgents:
     def __init__(self) -> None:
-        #: url -> "up" | "down" | "starting" | "hang"
+        #: url -> "up" | "down" | "starting" | "failed" (server did not start) | "hang"
         self.modes: dict[str, str] = {}
         self.default = "up"
         self.clients: list[_Client] = []

@@ -16,6 +16,7 @@ as the real drivers (tests/test_manager_fakedriver.py).
 
 from __future__ import annotations
 
+import builtins
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -109,7 +110,7 @@ class FakeDriver:
         for d in held:
             d.callback(None)
 
-    def ours(self) -> list[VMInfo]:
+    def ours(self) -> builtins.list[VMInfo]:
         """Every VM of the service that is not GONE, without recording a call."""
         self._boot()
         return [vm.info for vm in self.vms.values()
@@ -148,7 +149,7 @@ class FakeDriver:
         self.vms[vmId] = FakeVM(info, spec, bootAt)
         return info
 
-    async def list(self) -> list[VMInfo]:
+    async def list(self) -> builtins.list[VMInfo]:
         self.calls.append(("list", None))
         if self.holdList:
             d: Deferred[None] = Deferred()
@@ -172,5 +173,5 @@ class FakeDriver:
     async def close(self) -> None:
         self.closed = True
 
-    def callsOf(self, name: str) -> list[Any]:
+    def callsOf(self, name: str) -> builtins.list[Any]:
         return [arg for method, arg in self.calls if method == name]
