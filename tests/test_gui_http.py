@@ -316,6 +316,9 @@ class CSRFTests(GUITestCase):
         response = await web.post("nodes/add", {"count": "1", "csrf": csrf}, origin=False)
         self.assertEqual(response.code, 403)
         self.assertIn("no Origin or Referer", response.text)
+        # A sandboxed frame or a data: page sends "Origin: null".
+        response = await web.post("nodes/add", {"count": "1", "csrf": csrf}, origin="null")
+        self.assertEqual(response.code, 403)
         self.assertEqual(self.api.called("add_nodes"), [])
         # The same request from the front-end's own page goes through.
         response = await web.post("nodes/add", {"count": "1", "csrf": csrf}, origin=False,
