@@ -207,6 +207,16 @@ class ManagedServerTests(TestCase):
         self.assertTrue(server.datadir.startswith(server.base_dir))
         self.assertEqual(bind, "127.0.0.1")
 
+    async def test_private_tmpdir(self) -> None:
+        """
+        The server's tmpdir is its own (0700): a starting mariadbd deletes
+        every #sql* file in its tmpdir, other instances' temporary tables too.
+        """
+        server = await managed_server(self)
+        [(tmpdir,)] = await _query(server.connect_args(), "SELECT @@tmpdir")
+        self.assertEqual(os.path.realpath(tmpdir), os.path.realpath(server.tmp_dir))
+        self.assertEqual(stat.S_IMODE(os.stat(server.tmp_dir).st_mode), 0o700)
+
     async def test_root_secured(self) -> None:
         """
         The root password is in a 0600 file; root without password is

@@ -40,7 +40,6 @@ L{ConfigError}; unknown sections and keys are problems.  No file at all
 
 from __future__ import annotations
 
-import configparser
 import os
 import shutil
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from conpaassql.agent.mycnf import validate_host
+from conpaassql.common.config import ConfigError, ConfigProblem, readConfigText, readIni
 
 __all__ = [
     "EXTRA_BINARY_DIRS",
@@ -73,39 +73,6 @@ _DEFAULT_NAMES: dict[str, tuple[str, ...]] = {
     "client": ("mariadb", "mysql"),
     "dump": ("mariadb-dump", "mysqldump"),
 }
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """
-    One problem in the configuration file.
-    """
-
-    section: str | None
-    key: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = ""
-        if self.section is not None:
-            where = f"[{self.section}]"
-            if self.key is not None:
-                where += f" {self.key}"
-            where += ": "
-        return where + self.message
-
-
-class ConfigError(Exception):
-    """
-    The configuration file has problems; all of them are in C{problems}.
-    """
-
-    def __init__(self, source: str, problems: Sequence[ConfigProblem]) -> None:
-        self.source = source
-        self.problems = tuple(problems)
-        lines = [f"{source}: {len(self.problems)} configuration problem(s):"]
-        lines += [f"  {problem}" for problem in self.problems]
-        super().__init__("\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -237,24 +204,14 @@ def parse_config(
         addition to C{extra_dirs}.
     @raise ConfigError: listing every problem found.
     """
-    parser = configparser.ConfigParser(interpolation=None, strict=True, empty_lines_in_values=False)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    problems: list[ConfigProblem] = []
+    parser, problems = readIni(text, source, _SCHEMA)
 
     def problem(section: str | None, key: str | None, message: str) -> None:
         problems.append(ConfigProblem(section, key, message))
 
-    try:
-        parser.read_string(text, source=source)
-    except configparser.Error as e:
-        raise ConfigError(source, [ConfigProblem(None, None, f"cannot parse: {e.message}")])
-
-    if parser.defaults():
-        problem("DEFAULT", None, "the DEFAULT section is not used; move its keys to a section")
     values: dict[tuple[str, str], str] = {}
     for section in parser.sections():
         if section not in _SCHEMA:
-            problem(section, None, "unknown section; known: " + ", ".join(_SCHEMA))
             continue
         for key, value in parser.items(section, raw=True):
             if key in parser.defaults():
@@ -374,9 +331,4 @@ def load_config(path: str | None, search_path: str | None = None) -> AgentConfig
     """
     if path is None:
         return parse_config("", "<defaults>", search_path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, [ConfigProblem(None, None, f"cannot read: {e}")])
-    return parse_config(text, path, search_path)
+    return parse_config(readConfigText(path), path, search_path)

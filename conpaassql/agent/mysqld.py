@@ -64,6 +64,7 @@ from twisted.python.failure import Failure
 from conpaassql.agent import mycnf
 from conpaassql.agent.config import AgentConfig
 from conpaassql.common.files import write_file_atomic, write_secret_file
+from conpaassql.common.procfs import pid_alive as _pid_alive
 
 __all__ = [
     "INIT",
@@ -410,25 +411,6 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def _pid_alive(pid: int) -> bool:
-    """
-    Whether a process exists and is not a zombie.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
 def _cmdline(pid: int) -> str:
     """
     The command line of a process, arguments separated by spaces; C{""} if
@@ -677,7 +659,10 @@ class ManagedServer(_ServerBase):
     Files: C{data/} (the data directory), C{my.cnf} (generated at first
     start, then only edited), C{root.cnf} (the root password in C{[client]}
     format, 0600; also the L{client_defaults_file}), C{error.log} (the
-    server's and the initialisation's output), C{mysqld.pid}.  The unix
+    server's and the initialisation's output), C{mysqld.pid}, C{tmp/} (the
+    server's private C{tmpdir}: a starting C{mariadbd} deletes every
+    C{#sql*} file in its tmpdir, which breaks any other instance initialising
+    in a shared C{/tmp} at the same time).  The unix
     socket is C{mysqld.sock} there, or, when that path is too long for a
     unix socket, in a private directory C{/tmp/cq-*} recorded in C{my.cnf}.
 
@@ -726,8 +711,6 @@ class ManagedServer(_ServerBase):
         self.error_log_path = os.path.join(self.base_dir, "error.log")
         self.pid_file_path = os.path.join(self.base_dir, "mysqld.pid")
         self.datadir = os.path.join(self.base_dir, "data")
-        #: The server's own temporary directory: a shared /tmp lets other
-        #: processes remove its temporary tables (seen during bootstraps).
         self.tmp_dir = os.path.join(self.base_dir, "tmp")
         self.socket_path: str | None = None
         self._home = self.base_dir
@@ -993,8 +976,8 @@ class ManagedServer(_ServerBase):
         if self.flavor == "mysql" or install_db is None:
             mysqld = self._settings.mysqld
             assert mysqld is not None
-            argv = [mysqld, "--no-defaults", "--initialize-insecure", f"--datadir={work}",
-                    f"--tmpdir={self.tmp_dir}"]
+            argv = [mysqld, "--no-defaults", "--initialize-insecure", f"--datadir={work}"]
+            argv.append(f"--tmpdir={self.tmp_dir}")
             argv += user
         else:
             argv = [

@@ -75,7 +75,7 @@ async def startAgent(testcase: TestCase, config: AgentConfig | None = None) -> R
     tokenFile = os.path.join(stateDir, "api-token")
     holder: dict[str, RunningAgent] = {}
 
-    def onShutdown() -> None:
+    def stopProcess() -> None:
         holder["agent"].shutdowns += 1
 
     service = AgentService(
@@ -84,7 +84,7 @@ async def startAgent(testcase: TestCase, config: AgentConfig | None = None) -> R
         "tcp:0:interface=127.0.0.1",
         tokenFile,
         reactor=reactor,
-        onShutdown=onShutdown,
+        stopProcess=stopProcess,
     )
     service.startService()
     testcase.addCleanup(lambda: service.stopService() if service.running else None)

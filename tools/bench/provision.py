@@ -1,0 +1,156 @@
+"""
+Provisioning benchmark (run it through tools/bench/provision).
+
+Two things are timed, alternately, RUNS times each, in one process:
+
+  - bare: C{mariadb-install-db} of a fresh data directory, then C{mariadbd}
+    on it, until it accepts a connection (the same binaries and the same
+    small InnoDB settings the agent uses);
+  - node: a real manager (in this process, on the LOCAL driver, with its
+    default configuration unless --poll-interval is given) asked over HTTP
+    for one node with add_nodes, until get_node_info says RUNNING (polled
+    every 20 ms); the node is then removed before the next run.
+
+It prints each run, the medians, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+import pymysql
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater, react
+from twisted.internet.threads import deferToThread
+
+from conpaassql.agent.config import find_binary
+from conpaassql.manager.config import ManagerConfig
+from conpaassql.manager.tap import ManagerService
+from conpaassql.rpc.client import RPCClient
+
+SMALL = ["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M"]
+
+
+def bareInstance(base: str) -> float:
+    """Seconds from mariadb-install-db to a first accepted connection (blocking)."""
+    installDb = find_binary(["mariadb-install-db", "mysql_install_db"])
+    mysqld = find_binary(["mariadbd", "mysqld"])
+    assert installDb and mysqld, "MariaDB is not installed (tools/setup installs it)"
+    datadir = os.path.join(base, "data")
+    sock = os.path.join(base, "s.sock")
+    user = ["--user=root"] if os.geteuid() == 0 else []
+    tmpdir = os.path.join(base, "tmp")
+    os.makedirs(tmpdir)
+    small = [*SMALL, f"--tmpdir={tmpdir}"]
+    started = time.monotonic()
+    subprocess.run(
+        [installDb, "--no-defaults", f"--datadir={datadir}",
+         "--auth-root-authentication-method=normal", "--skip-test-db", *user, *small],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base,
+    )
+    server = subprocess.Popen(
+        [mysqld, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}", "--port=0",
+         "--skip-networking", f"--pid-file={base}/mysqld.pid",
+         f"--log-error={base}/error.log", *user, *small],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base,
+    )
+    try:
+        while True:
+            try:
+                pymysql.connect(unix_socket=sock, user="root", connect_timeout=2).close()
+                break
+            except pymysql.err.MySQLError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"mariadbd exited; see {base}/error.log") from None
+                time.sleep(0.02)
+        return time.monotonic() - started
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+
+
+async def nodeRun(client: RPCClient, reactor: Any) -> float:
+    started = reactor.seconds()
+    added = await client.call("add_nodes", {"function": "agent"})
+    nodeId = added["serviceNode"]["id"]
+    while True:
+        info = (await client.call("get_node_info", {"serviceNodeId": nodeId}))["serviceNode"]
+        if info["state"] == "RUNNING":
+            break
+        if info["state"] == "ERROR":
+            raise RuntimeError(f"node {nodeId} in ERROR: {info.get('error')}")
+        await deferLater(reactor, 0.02, lambda: None)
+    elapsed = reactor.seconds() - started
+    await client.call("remove_nodes", {"serviceNodeId": nodeId})
+    while nodeId in (await client.call("list_nodes"))["serviceNode"]:
+        await deferLater(reactor, 0.05, lambda: None)
+    return float(elapsed)
+
+
+async def main(reactor: Any, runs: int, overrides: dict[str, float], keep: bool) -> None:
+    work = tempfile.mkdtemp(prefix="conpaassql-bench-")
+    config = ManagerConfig(**overrides)  # type: ignore[arg-type]
+    service = ManagerService(work + "/manager", config, "tcp:0:interface=127.0.0.1",
+                             work + "/manager/api-token", reactor=reactor,
+                             stopProcess=lambda: None)
+    service.startService()
+    try:
+        port = await service.listening
+        with open(work + "/manager/api-token") as f:
+            token = f.read().strip()
+        client = RPCClient(f"http://127.0.0.1:{port.getHost().port}/", token, reactor=reactor)
+        bare: list[float] = []
+        node: list[float] = []
+        print(f"poll_interval {config.poll_interval:g} s, boot_poll_interval "
+              f"{config.bootPollInterval:g} s; {runs} runs of each, alternating")
+        for i in range(runs):
+            base = os.path.join(work, f"bare-{i}")
+            os.makedirs(base)
+            bare.append(await deferToThread(bareInstance, base))
+            shutil.rmtree(base, ignore_errors=True)
+            node.append(await nodeRun(client, reactor))
+            print(f"run {i + 1}: bare MariaDB {bare[-1]:.2f} s, add_nodes -> RUNNING "
+                  f"{node[-1]:.2f} s", flush=True)
+        await client.close()
+        b, n = statistics.median(bare), statistics.median(node)
+        print(f"median: bare MariaDB {b:.2f} s, add_nodes -> RUNNING {n:.2f} s, "
+              f"ratio {n / b:.2f}x (goal <= 1.3x)")
+    finally:
+        # End every node this run made, whatever happened.
+        manager = service.manager
+        if manager is not None and manager.nodes:
+            await manager.shutdown()
+            while manager.phase != "STOPPED":
+                await deferLater(reactor, 0.1, lambda: None)
+        await service.stopService()
+        if keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--poll-interval", type=float, default=None,
+                        help="the manager's poll_interval (default: its default)")
+    parser.add_argument("--boot-poll-interval", type=float, default=None,
+                        help="the manager's boot_poll_interval (default: its default)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    overrides = {k: v for k, v in (("poll_interval", args.poll_interval),
+                                   ("boot_poll_interval", args.boot_poll_interval))
+                 if v is not None}
+    react(lambda reactor: Deferred.fromCoroutine(main(reactor, args.runs, overrides, args.keep)))
+
+
+if __name__ == "__main__":
+    run()
