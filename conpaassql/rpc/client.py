@@ -21,6 +21,7 @@ import treq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseFailed
+from twisted.web.iweb import IBodyProducer
 from treq.client import HTTPClient
 
 from conpaassql.rpc.errors import TransportError, fromWire
@@ -134,8 +135,8 @@ class RPCClient:
         """
         Call an upload method with multipart/form-data: C{params} as plain
         fields, C{files} as C{{field: (filename, open binary file)}} streamed
-        from disk.  C{progress(sent, total)} is called as the body goes out.
-        The timeout (default: none beyond the connection's) covers the whole
+        from disk (or an C{IBodyProducer} of known length, sent as it is).
+        C{progress(sent, total)} is called as a file's bytes go out.  The timeout (default: none beyond the connection's) covers the whole
         upload and the reply.
         """
         data = {"method": method, "jsonrpc": "2.0", "id": str(next(self._ids))}
@@ -143,10 +144,12 @@ class RPCClient:
             data["params"] = json.dumps(dict(params))
         parts: dict[str, Any] = {}
         for field, (filename, f) in files.items():
-            wrapped: Any = _CountingFile(f, progress) if progress else f
-            # An explicit producer: treq adapts only some file types itself
-            # (not, e.g., a file opened "r+b"), and reads them 64 KiB at a time.
-            producer = FileBodyProducer(wrapped, readSize=UPLOAD_READ_SIZE)
+            producer: Any = f
+            if not IBodyProducer.providedBy(f):
+                # An explicit producer: treq adapts only some file types
+                # itself (not, e.g., a file opened "r+b"), 64 KiB at a time.
+                wrapped: Any = _CountingFile(f, progress) if progress else f
+                producer = FileBodyProducer(wrapped, readSize=UPLOAD_READ_SIZE)
             parts[field] = (filename, "application/octet-stream", producer)
         return await self._request(
             lambda: self._http.post(
