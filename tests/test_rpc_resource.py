@@ -366,6 +366,18 @@ class UploadOverHTTPTests(TestCase):
         }})
         self.assertEqual(os.listdir(uploads), [])
 
+    async def test_upload_producer(self) -> None:
+        """A body producer of known length (a spooled range) is sent as it is."""
+        from io import BytesIO
+
+        from twisted.web.client import FileBodyProducer
+
+        client, _ = await self.serve()
+        content = os.urandom(100_000)
+        result = await client.upload("store", {}, {"p": ("p.bin",
+                                                         FileBodyProducer(BytesIO(content)))})
+        self.assertEqual(result["files"]["p"]["sha256"], hashlib.sha256(content).hexdigest())
+
     async def test_upload_to_plain_method(self) -> None:
         """Files sent to a method that takes none are ignored; fields still work."""
         client, _ = await self.serve()
