@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import treq
+from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseFailed
 from twisted.web.iweb import IBodyProducer
-from treq.client import HTTPClient
 
 from conpaassql.rpc.errors import TransportError, fromWire
 
