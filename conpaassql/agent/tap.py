@@ -17,7 +17,13 @@ from twisted.python import usage
 from conpaassql.agent.api import AgentAPI
 from conpaassql.agent.config import AgentConfig, load_config
 from conpaassql.agent.mysqld import ManagedServer, ScriptServer, ServerControl
-from conpaassql.rpc.serve import RPCServerService, ServiceOptions, serviceOptions
+from conpaassql.common.tls import ServerTLS
+from conpaassql.rpc.serve import (
+    RPCServerService,
+    ServiceOptions,
+    serverTLSOptions,
+    serviceOptions,
+)
 
 log = Logger()
 
@@ -35,6 +41,11 @@ class Options(ServiceOptions):
         *serviceOptions(DEFAULT_LISTEN, DEFAULT_STATE_DIR, "agent's state and server",
                         "etc/agent.cnf"),
         ["max-upload", None, str(64 * 1024**3), "Largest upload accepted, in bytes."],
+        ["tls-cert", None, None, "TLS certificate (PEM) of ssl: endpoints."],
+        ["tls-key", None, None, "Its private key (PEM, a 0600 file)."],
+        ["ca-cert", None, None,
+         "The service CA (PEM): clients must present a certificate it issued (mutual TLS), "
+         "and peers are verified by it."],
     ]
 
     def loadConfig(self, path: str | None) -> AgentConfig:
@@ -42,6 +53,7 @@ class Options(ServiceOptions):
             self["max-upload"] = int(self["max-upload"])
         except ValueError:
             raise usage.UsageError("--max-upload must be a number of bytes") from None
+        self["tls"] = serverTLSOptions(self, "--tls-cert", "--tls-key", "--ca-cert")
         return load_config(path)
 
 
@@ -63,8 +75,12 @@ class AgentService(RPCServerService):
         maxUpload: int = 64 * 1024**3,
         reactor: Any = None,
         stopProcess: Any = None,
+        tls: ServerTLS | None = None,
+        alsoListen: Any = (),
     ) -> None:
-        super().__init__(stateDir, listen, tokenFile, reactor=reactor, stopProcess=stopProcess)
+        super().__init__(stateDir, listen, tokenFile, reactor=reactor, stopProcess=stopProcess,
+                         alsoListen=alsoListen)
+        self.serverTLS = tls
         self.config = config
         self.maxUpload = maxUpload
         self.server: ServerControl | None = None
@@ -100,4 +116,6 @@ def makeService(options: Options) -> service.IService:
         options["listen"],
         options["token-file"],
         maxUpload=options["max-upload"],
+        tls=options["tls"],
+        alsoListen=options["also-listen"],
     )

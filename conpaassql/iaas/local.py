@@ -15,6 +15,8 @@ Layout of C{<base dir>/<vm name>/} (mode 0700; the VM's name is its id)::
 
     vm.json        what was asked: node id, name, creation time (no secret)
     agent-token    the agent's API token (0600), given with --token-file
+    tls-cert.pem, tls-key.pem, ca.pem  with TLS (the context's
+                   AGENT_TLS_CERT_BASE64, ...; 0600): the agent listens on ssl:
     twistd.pid     the agent's pid, written by twistd once it has daemonized
     agent.log      the agent's log (twistd --logfile)
     launched       written when twistd reported a successful start
@@ -76,6 +78,7 @@ from twisted.python.failure import Failure
 import conpaassql
 from conpaassql.common.files import write_file_atomic, write_secret_file
 from conpaassql.common.procfs import pid_alive, process_argv
+from conpaassql.common.tls import contextFiles
 from conpaassql.iaas.base import (
     CloudFailure,
     DriverConfigError,
@@ -92,6 +95,8 @@ NAME = "LOCAL"
 # Files of a node directory.
 VM_FILE = "vm.json"
 TOKEN_FILE = "agent-token"
+#: The agent's TLS files, from the context (L{conpaassql.common.tls.contextFiles}).
+TLS_FILES = {"cert": "tls-cert.pem", "key": "tls-key.pem", "ca": "ca.pem"}
 PID_FILE = "twistd.pid"
 LOG_FILE = "agent.log"
 LAUNCHED_FILE = "launched"
@@ -103,7 +108,7 @@ AGENT_DIR = "agent"
 #: never built from input).
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 
-_URL_PORT = re.compile(r"http://.*:([0-9]{1,5})/?")
+_URL_PORT = re.compile(r"https?://.*:([0-9]{1,5})/?")
 
 
 @dataclass(frozen=True)
@@ -436,6 +441,10 @@ class LocalDriver:
                 transient=False,
             )
         port = int(rawPort)
+        try:
+            tlsFiles = contextFiles(spec.context)
+        except ValueError as e:
+            raise CloudFailure(f"create {spec.name}: {e}", transient=False) from None
 
         try:
             os.makedirs(self.settings.baseDir, mode=0o700, exist_ok=True)
@@ -449,6 +458,8 @@ class LocalDriver:
         try:
             os.chmod(node.dir, 0o700)
             write_secret_file(node.tokenFile, token + "\n")
+            for what, data in (tlsFiles or {}).items():
+                write_secret_file(node.path(TLS_FILES[what]), data)
             record = {
                 "name": spec.name,
                 "nodeId": spec.nodeId,
@@ -460,7 +471,7 @@ class LocalDriver:
             self._reactor.spawnProcess(
                 launcher,
                 sys.executable,
-                self._agentArgv(node, port),
+                self._agentArgv(node, port, tls=tlsFiles is not None),
                 env=self._agentEnvironment(node),
                 path=node.dir,
             )
@@ -552,8 +563,15 @@ class LocalDriver:
 
     # -- creating
 
-    def _agentArgv(self, node: _Node, port: int) -> builtins.list[str]:
+    def _agentArgv(self, node: _Node, port: int, *, tls: bool = False) -> builtins.list[str]:
         listen = f"tcp:{port}:interface={_endpointAddress(self.settings.bindAddress)}"
+        tlsArgs = []
+        if tls:
+            # File names only: the key stays in its 0600 file.
+            listen = "ssl" + listen[3:]
+            tlsArgs = [f"--tls-cert={node.path(TLS_FILES['cert'])}",
+                       f"--tls-key={node.path(TLS_FILES['key'])}",
+                       f"--ca-cert={node.path(TLS_FILES['ca'])}"]
         return [
             sys.executable,
             "-c",
@@ -566,6 +584,7 @@ class LocalDriver:
             f"--state-dir={node.agentDir}",
             f"--listen={listen}",
             f"--token-file={node.tokenFile}",
+            *tlsArgs,
         ]
 
     def _agentEnvironment(self, node: _Node) -> dict[str, str]:

@@ -20,6 +20,9 @@ An INI file in the original's shape, read once into a frozen dataclass::
     upload_timeout = 3600     ; seconds for one dump upload to an agent
     agent_port = 60000        ; the port agents listen on (the local driver picks its own)
     manager_url =             ; the URL nodes reach the manager at (default: the listening one)
+    tls = auto                ; on: a service CA, agents on https verified by it (mutual
+                              ; TLS); off: plain http; auto: on except on the LOCAL driver
+    tls_names =               ; more names/addresses for the manager's certificate (comma-separated)
     logfile =                 ; also write the log to this file
 
 Every problem is collected and reported together in one L{ConfigError};
@@ -65,6 +68,16 @@ class ManagerConfig:
     agent_port: int = 60000
     logfile: str | None = None
     manager_url: str | None = None
+    #: "on", "off" or "auto" (see L{useTLS}).
+    tls: str = "auto"
+    tls_names: tuple[str, ...] = ()
+
+    @property
+    def useTLS(self) -> bool:
+        """Whether the manager runs a service CA and talks to agents over TLS."""
+        if self.tls == "auto":
+            return self.driver != "LOCAL"
+        return self.tls == "on"
 
     @property
     def bootPollInterval(self) -> float:
@@ -87,7 +100,9 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "upload_timeout": (float, 1, 7 * 86400),
     "agent_port": (int, 1, 65535),
 }
-_MANAGER_KEYS = (*_NUMBERS, "poll_agents_timer", "logfile", "manager_url")
+_MANAGER_KEYS = (*_NUMBERS, "poll_agents_timer", "logfile", "manager_url", "tls", "tls_names")
+_SWITCH = {"on": "on", "true": "on", "yes": "on", "1": "on",
+           "off": "off", "false": "off", "no": "off", "0": "off", "auto": "auto"}
 
 
 def parse_config(text: str, source: str = "<config>") -> ManagerConfig:
@@ -136,6 +151,19 @@ def parse_config(text: str, source: str = "<config>") -> ManagerConfig:
                     problem("manager", key, "must be an http:// or https:// URL of a host and "
                             "port, e.g. http://10.0.0.5:50000/")
                 values[key] = (value.rstrip("/") + "/") if value else None
+                continue
+            if key == "tls":
+                if value.lower() not in _SWITCH:
+                    problem("manager", key, "must be on, off or auto")
+                    continue
+                values[key] = _SWITCH[value.lower()]
+                continue
+            if key == "tls_names":
+                names = tuple(n.strip() for n in value.split(",") if n.strip())
+                bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9._:*-]{1,253}", n)]
+                if bad:
+                    problem("manager", key, f"not a host name or address: {bad[0][:60]!r}")
+                values[key] = names
                 continue
             if key == "logfile":
                 if value and not os.path.isabs(value):

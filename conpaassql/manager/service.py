@@ -46,6 +46,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from conpaassql.common.tls import ServiceTLS
 from conpaassql.iaas.base import IaaSDriver, NodeSpec, VMInfo, nodeIdOfName
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.lifecycle import Lifecycle, LifecycleMachine, PhaseCore
@@ -94,7 +95,8 @@ class AgentClient(Protocol):
     async def close(self) -> None: ...
 
 
-AgentClientFactory = Callable[[str, str], AgentClient]
+#: C{(url, token)} (and C{name=} the node's name with TLS) -> a client.
+AgentClientFactory = Callable[..., AgentClient]
 DriverFactory = Callable[[str], IaaSDriver]
 
 
@@ -147,6 +149,10 @@ class Manager(service.Service):
     @param agentClientFactory: C{(url, token)} -> a client for one agent.
     @param clock: the clock of the poller, deadlines and timeouts.
     @param stopProcess: called once the manager is STOPPED after a shutdown.
+    @param tls: with it, each new node gets a certificate in its context,
+        agents are called over https, and the client factory is called with
+        a C{name} keyword (the node's name, which the agent's certificate
+        must carry).
     """
 
     def __init__(
@@ -158,8 +164,10 @@ class Manager(service.Service):
         clock: Any,
         *,
         stopProcess: Callable[[], None] = lambda: None,
+        tls: ServiceTLS | None = None,
     ) -> None:
         self.config = config
+        self.tls = tls
         self.registry = registry
         self._driverFactory = driverFactory
         self._agentClientFactory = agentClientFactory
@@ -323,6 +331,7 @@ class Manager(service.Service):
                 "AGENT_TOKEN": record.token,
                 "AGENT_PORT": self._agentPort(),
                 "SERVICE_TAG": self.serviceTag,
+                **(self.tls.nodeContext(record.name) if self.tls is not None else {}),
             },
         )
 
@@ -565,7 +574,7 @@ class Manager(service.Service):
             return None
         port = record.agent_port or self.config.agent_port
         host = f"[{record.ip}]" if ":" in record.ip else record.ip
-        return f"http://{host}:{port}/"
+        return f"{'https' if self.tls is not None else 'http'}://{host}:{port}/"
 
     def client(self, node: Node) -> AgentClient | None:
         """The client of the node's agent (made, or remade when its address changed)."""
@@ -577,7 +586,11 @@ class Manager(service.Service):
             return known[1]
         if known is not None:
             self._track(Deferred.fromCoroutine(known[1].close()))
-        client = _ClosingClient(self._agentClientFactory(url, node.core.record.token))
+        record = node.core.record
+        client = _ClosingClient(
+            self._agentClientFactory(url, record.token, name=record.name)
+            if self.tls is not None else self._agentClientFactory(url, record.token)
+        )
         self._clients[node.id] = (url, client)
         return client
 

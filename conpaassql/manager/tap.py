@@ -10,12 +10,22 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from urllib.parse import urlsplit
 from typing import IO, Any
 
 from twisted.application import service
 from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
+from twisted.python import usage
 
 from conpaassql.common.config import ConfigError
+from conpaassql.common.tls import (
+    CA_CERT_FILE,
+    ServiceCA,
+    ServiceTLS,
+    isTLSEndpoint,
+    listenInterface,
+    plainOffLocalhost,
+)
 from conpaassql.iaas.base import DriverConfigError, IaaSDriver
 from conpaassql.manager import drivers
 from conpaassql.manager.api import ManagerAPI
@@ -58,8 +68,37 @@ def nodeFacingUrl(url: str) -> str:
     for wildcard in ("//0.0.0.0:", "//[::]:", "//:::"):
         if wildcard in url:
             port = url.rsplit(":", 1)[1]
-            return f"http://{socket.getfqdn()}:{port}"
+            return f"{url.split(':', 1)[0]}://{socket.getfqdn()}:{port}"
     return url
+
+
+def checkListens(config: ManagerConfig, listens: list[str]) -> None:
+    """
+    With TLS, plain TCP is served on loopback interfaces only; without it,
+    an C{ssl:} endpoint needs its own C{privateKey=}.
+
+    @raise usage.UsageError: naming the endpoint.
+    """
+    for description in listens:
+        if config.useTLS and plainOffLocalhost(description):
+            raise usage.UsageError(
+                f"--listen {description}: with tls on, plain TCP is served on a loopback "
+                "interface only (e.g. tcp:50000:interface=127.0.0.1); use ssl:PORT")
+        if not config.useTLS and isTLSEndpoint(description) and "privateKey=" not in description:
+            raise usage.UsageError(f"--listen {description}: an ssl: endpoint needs tls = on "
+                                   "in [manager] (or its own privateKey=)")
+
+
+def managerNames(config: ManagerConfig, listens: list[str]) -> list[str]:
+    """The names and addresses the manager's certificate carries."""
+    names = ["localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()]
+    if config.manager_url:
+        names.append(urlsplit(config.manager_url).hostname or "")
+    for description in listens:
+        interface = listenInterface(description)
+        if interface and interface not in ("0.0.0.0", "::"):
+            names.append(interface)
+    return [*names, *config.tls_names]
 
 
 class Options(ServiceOptions):
@@ -75,6 +114,7 @@ class Options(ServiceOptions):
 
         config = load_config(path)
         checkDriver(config, reactor)
+        checkListens(config, [self["listen"], *self["also-listen"]])
         return config
 
 
@@ -98,13 +138,17 @@ class ManagerService(RPCServerService):
         agentClientFactory: Any = None,
         registry: Registry | None = None,
         stopProcess: Any = None,
+        alsoListen: Any = (),
     ) -> None:
-        super().__init__(stateDir, listen, tokenFile, reactor=reactor, stopProcess=stopProcess)
+        super().__init__(stateDir, listen, tokenFile, reactor=reactor, stopProcess=stopProcess,
+                         alsoListen=alsoListen)
         self.config = config
         self._driverFactory = driverFactory
         self._agentClientFactory = agentClientFactory
         self._registry = registry
         self.manager: Manager | None = None
+        #: The service CA and the manager's certificate, with TLS on.
+        self.tls: ServiceTLS | None = None
         self._logFile: IO[str] | None = None
         self._logObserver: Any = None
 
@@ -117,9 +161,18 @@ class ManagerService(RPCServerService):
             serviceTag=serviceTag,
         )
 
-    def _makeClient(self, url: str, token: str) -> AgentClient:
+    def _makeClient(self, url: str, token: str, name: str | None = None) -> AgentClient:
+        tls = self.tls.agentPolicy(name) if self.tls is not None and name else None
         return RPCClient(url, token, reactor=self.reactor,
-                         timeout=self.config.agent_call_timeout, connectTimeout=5.0)
+                         timeout=self.config.agent_call_timeout, connectTimeout=5.0, tls=tls)
+
+    def _prepareTLS(self) -> None:
+        """The service CA (made at the first start) and a fresh manager certificate."""
+        ca = ServiceCA.loadOrCreate(self.stateDir, f"conpaassql service CA {socket.gethostname()}")
+        names = managerNames(self.config, [self.listen, *self.alsoListen])
+        self.tls = ServiceTLS(ca, ca.issue("conpaassql manager", names))
+        self.serverTLS = self.tls.serverTLS()
+        log.info("TLS on: service CA {path}", path=os.path.join(self.stateDir, CA_CERT_FILE))
 
     def startService(self) -> None:
         if self.config.logfile:
@@ -127,6 +180,8 @@ class ManagerService(RPCServerService):
             self._logObserver = textFileLogObserver(self._logFile)
             globalLogPublisher.addObserver(self._logObserver)
         token, uploads = self.prepareStateDir()
+        if self.config.useTLS:
+            self._prepareTLS()
         registry = self._registry or Registry.atPath(os.path.join(self.stateDir, REGISTRY_FILE))
         self.manager = Manager(
             self.config,
@@ -135,6 +190,7 @@ class ManagerService(RPCServerService):
             self._agentClientFactory or self._makeClient,
             self.reactor,
             stopProcess=self.stopProcess,
+            tls=self.tls,
         )
         self.manager.setServiceParent(self)
         super().startService()
@@ -160,4 +216,5 @@ def makeService(options: Options) -> service.IService:
         options["parsed-config"],
         options["listen"],
         options["token-file"],
+        alsoListen=options["also-listen"],
     )

@@ -18,11 +18,19 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import treq
+from OpenSSL.SSL import Error as SSLError
+from service_identity import VerificationError
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseFailed
-from twisted.web.iweb import IBodyProducer
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+)
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 
 from conpaassql.rpc.errors import TransportError, fromWire
 
@@ -58,6 +66,13 @@ class _CountingFile:
         self._f.close()
 
 
+def _tlsReason(error: BaseException) -> str:
+    """The OpenSSL reason of a failed handshake (e.g. C{certificate verify failed})."""
+    reasons = [str(part[2]) for part in (error.args[0] if error.args else [])
+               if isinstance(part, tuple) and len(part) == 3]
+    return "; ".join(reasons) or str(error) or "handshake failed"
+
+
 class RPCClient:
     """
     @param url: the service's URL, e.g. C{http://127.0.0.1:60000/}.
@@ -74,7 +89,16 @@ class RPCClient:
         timeout: float = DEFAULT_TIMEOUT,
         connectTimeout: float = 10.0,
         persistent: bool = True,
+        tls: IPolicyForHTTPS | None = None,
     ) -> None:
+        """
+        @param tls: how an C{https} service is verified (and the client
+            certificate presented), e.g. a
+            L{conpaassql.common.tls.ClientTLS}; default: the system's trust
+            roots and the URL's host name.  The URL must be C{https} with it.
+        """
+        if tls is not None and not url.startswith("https://"):
+            raise ValueError(f"a TLS policy needs an https:// URL, not {url!r}")
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -88,8 +112,9 @@ class RPCClient:
             self._pool = HTTPConnectionPool(reactor, persistent=persistent)
             self._pool.maxPersistentPerHost = 4
             self._pool.retryAutomatically = False
+            tlsPolicy: dict[str, Any] = {"contextFactory": tls} if tls is not None else {}
             httpClient = HTTPClient(
-                Agent(reactor, pool=self._pool, connectTimeout=connectTimeout)
+                Agent(reactor, pool=self._pool, connectTimeout=connectTimeout, **tlsPolicy)
             )
         self._http = httpClient
         self._ids = itertools.count(1)
@@ -167,11 +192,22 @@ class RPCClient:
             raise TransportError(f"{method}: no reply from {self.url} in time") from None
         except (ConnectError, ConnectingCancelledError) as e:
             raise TransportError(f"{method}: cannot connect to {self.url}: {e}") from None
-        except ResponseFailed as e:
+        except (ResponseFailed, RequestTransmissionFailed) as e:
             # treq's timeout cancels the request; once it is sent, the
-            # cancellation comes back wrapped in ResponseFailed.
+            # cancellation comes back wrapped in ResponseFailed.  A TLS
+            # handshake refused comes back wrapped in either.
             if any(r.check(CancelledError, TimeoutError) for r in e.reasons):
                 raise TransportError(f"{method}: no reply from {self.url} in time") from None
+            if any(r.check(VerificationError) for r in e.reasons):
+                raise TransportError(
+                    f"{method}: TLS with {self.url} failed: its certificate does not name "
+                    "the expected host"
+                ) from None
+            tlsErrors = [r for r in e.reasons if r.check(SSLError)]
+            if tlsErrors:
+                raise TransportError(
+                    f"{method}: TLS with {self.url} failed: {_tlsReason(tlsErrors[0].value)}"
+                ) from None
             raise TransportError(f"{method}: connection to {self.url} failed: {e}") from None
         if response.code == 204:
             return None

@@ -8,20 +8,29 @@ on to a file in its state directory once it listens.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from conpaassql.common.files import read_or_create_token, write_file_atomic
+from conpaassql.common.tls import (
+    ServerTLS,
+    TLSFileError,
+    isTLSEndpoint,
+    plainOffLocalhost,
+    readCertificate,
+    readCredential,
+    serverEndpoint,
+)
 from conpaassql.rpc.dispatch import Dispatcher, Introspection
 from conpaassql.rpc.resource import ConnectionTracker, RPCResource, TokenAuth, makeSite
 
-__all__ = ["RPCServerService", "ServiceOptions", "serviceOptions"]
+__all__ = ["RPCServerService", "ServiceOptions", "serverTLSOptions", "serviceOptions"]
 
 log = Logger()
 
@@ -29,7 +38,8 @@ log = Logger()
 def serviceOptions(listen: str, stateDir: str, what: str, sample: str) -> list[list[Any]]:
     """The options every service has: where it listens and keeps its state."""
     return [
-        ["listen", "l", listen, "Endpoint to serve the JSON-RPC API on."],
+        ["listen", "l", listen, "Endpoint to serve the JSON-RPC API on (repeatable: the first "
+         "is the main one; ssl:PORT[:interface=IP] uses the service's certificate)."],
         ["state-dir", "d", stateDir, f"Directory for the {what}."],
         ["config", "c", None, f"INI configuration file (see {sample})."],
         ["token-file", "t", None, "API token file (default: STATE_DIR/api-token)."],
@@ -47,6 +57,16 @@ class ServiceOptions(usage.Options):
     synopsis = "[options]"
     optFlags = [["check-config", None, "Validate the configuration and exit."]]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["also-listen"] = []
+        self._listens: list[str] = []
+
+    def opt_listen(self, description: str) -> None:
+        self._listens.append(description)
+
+    opt_l = opt_listen
+
     def loadConfig(self, path: str | None) -> Any:
         """Read and check the configuration; raise C{ConfigError} with every problem."""
         raise NotImplementedError
@@ -54,6 +74,8 @@ class ServiceOptions(usage.Options):
     def postOptions(self) -> None:
         from conpaassql.common.config import ConfigError
 
+        if self._listens:
+            self["listen"], *self["also-listen"] = self._listens
         self["state-dir"] = os.path.abspath(os.path.expanduser(self["state-dir"]))
         if self["token-file"] is None:
             self["token-file"] = os.path.join(self["state-dir"], "api-token")
@@ -66,6 +88,36 @@ class ServiceOptions(usage.Options):
             raise SystemExit(0)
 
 
+def serverTLSOptions(options: usage.Options, certOption: str, keyOption: str,
+                     caOption: str) -> ServerTLS | None:
+    """
+    The TLS settings given by a service's certificate, key and CA options
+    (L{None} without them), checked against its C{--listen} endpoints: an
+    C{ssl:} endpoint needs them, and with them plain TCP is served on
+    loopback addresses only.
+
+    @raise usage.UsageError: with the problem.
+    """
+    cert, key, ca = (options[o.lstrip("-")] for o in (certOption, keyOption, caOption))
+    listens = [options["listen"], *options["also-listen"]]
+    tls = None
+    if cert or key or ca:
+        if not (cert and key):
+            raise usage.UsageError(f"{certOption} and {keyOption} go together")
+        try:
+            tls = ServerTLS(readCredential(cert, key), readCertificate(ca) if ca else None)
+        except TLSFileError as e:
+            raise usage.UsageError(str(e)) from None
+        for description in listens:
+            if plainOffLocalhost(description):
+                raise usage.UsageError(
+                    f"--listen {description}: with TLS, plain TCP is served on a loopback "
+                    "interface only (e.g. tcp:PORT:interface=127.0.0.1)")
+    elif any(isTLSEndpoint(d) and "privateKey=" not in d for d in listens):
+        raise usage.UsageError(f"an ssl: --listen endpoint needs {certOption} and {keyOption}")
+    return tls
+
+
 class RPCServerService(service.MultiService):
     """
     @ivar listening: fires with the listening port (or fails) once the API
@@ -75,14 +127,19 @@ class RPCServerService(service.MultiService):
 
     #: The file of the state directory the URL is written to.
     urlFile = "url"
+    #: The certificate of C{ssl:} endpoints given without one (and the CA of
+    #: the clients' certificates, for mutual TLS); set before L{serve}.
+    serverTLS: ServerTLS | None = None
     #: What the log calls this service's API.
     what = "API"
 
     def __init__(self, stateDir: str, listen: str, tokenFile: str, *, reactor: Any = None,
-                 stopProcess: Callable[[], None] | None = None) -> None:
+                 stopProcess: Callable[[], None] | None = None,
+                 alsoListen: Sequence[str] = ()) -> None:
         """
         @param stopProcess: what L{stopProcess} does instead of stopping the
             reactor (tests running the service in-process pass one).
+        @param alsoListen: more endpoints to serve the same API on.
         """
         super().__init__()
         if reactor is None:
@@ -94,6 +151,9 @@ class RPCServerService(service.MultiService):
         self.listen = listen
         self.tokenFile = tokenFile
         self.port: Any = None
+        self.alsoListen = list(alsoListen)
+        #: The ports of C{alsoListen}, while listening.
+        self.otherPorts: list[Any] = []
         self.listening: Deferred[Any] = Deferred()
         self._stopProcessHook = stopProcess
         self._connections: ConnectionTracker | None = None
@@ -122,16 +182,37 @@ class RPCServerService(service.MultiService):
             **siteOptions,
         )
         self._connections = ConnectionTracker(site)
-        d = endpoints.serverFromString(self.reactor, self.listen).listen(self._connections)
-        d.addCallbacks(self._listening, self._listenFailed)
+        Deferred.fromCoroutine(self._listenAll(self._connections))
+
+    async def _listenAll(self, factory: Any) -> None:
+        """Listen on every endpoint; if one fails, on none."""
+        ports: list[tuple[Any, str]] = []
+        try:
+            for description in [self.listen, *self.alsoListen]:
+                endpoint, wrapped = serverEndpoint(self.reactor, description, self.serverTLS,
+                                                   factory)
+                port = await endpoint.listen(wrapped)
+                ports.append((port, "https" if isTLSEndpoint(description) else "http"))
+        except Exception:
+            failure = Failure()
+            for port, _ in ports:
+                await port.stopListening()
+            self._listenFailed(failure)
+            return
+        self.otherPorts = [port for port, _ in ports[1:]]
+        for port, scheme in ports[1:]:
+            host = port.getHost()
+            log.info("{what} also listening at {url}", what=self.what,
+                     url=f"{scheme}://{host.host}:{host.port}/")
+        self._listening(*ports[0])
 
     def listeningAt(self, url: str) -> None:
         """Called once the API listens at C{url}."""
 
-    def _listening(self, port: Any) -> None:
+    def _listening(self, port: Any, scheme: str = "http") -> None:
         self.port = port
         host = port.getHost()
-        url = f"http://{host.host}:{host.port}/"
+        url = f"{scheme}://{host.host}:{host.port}/"
         # Atomic: whoever waits for this file (the LOCAL cloud driver, tools)
         # reads the whole URL or nothing.
         write_file_atomic(os.path.join(self.stateDir, self.urlFile), url + "\n")
@@ -167,6 +248,9 @@ class RPCServerService(service.MultiService):
     async def _stopServing(self) -> None:
         if self.port is not None:
             port, self.port = self.port, None
+            await port.stopListening()
+        others, self.otherPorts = self.otherPorts, []
+        for port in others:
             await port.stopListening()
         if self._connections is not None:
             connections, self._connections = self._connections, None

@@ -1,0 +1,389 @@
+"""
+TLS: the service CA and its certificates, a real agent on an C{ssl:}
+endpoint called by the RPC client (verified by the CA and the node's name,
+mutual TLS), and a real manager with C{tls = on} on the LOCAL driver.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import glob
+import ipaddress
+import os
+import stat
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from twisted.internet import reactor as _reactor
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from conpaassql.agent.config import AgentConfig
+from conpaassql.agent.tap import AgentService
+from conpaassql.agent.tap import Options as AgentOptions
+from conpaassql.common.procfs import process_argv
+from conpaassql.common.tls import (
+    CONTEXT_CA_CERT,
+    CONTEXT_CERT,
+    CONTEXT_KEY,
+    ClientTLS,
+    ServerTLS,
+    ServiceCA,
+    ServiceTLS,
+    TLSFileError,
+    contextFiles,
+    plainOffLocalhost,
+    readCredential,
+)
+from conpaassql.manager.config import ManagerConfig, parse_config
+from conpaassql.manager.tap import ManagerService, checkListens
+from conpaassql.rpc.client import RPCClient
+from conpaassql.rpc.errors import TransportError
+from tests.support.mariadb import skip_unless_mariadb
+from tests.test_iaas_local import _processesMentioning, localCloud
+from tests.test_manager_local import WAIT, nodesIn, until
+
+reactor: Any = _reactor
+
+NODE = "conpaassql-abcd-node-1"
+
+
+def _mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+class CertificateTests(SynchronousTestCase):
+    def test_ca(self) -> None:
+        """The CA: EC P-256, CA:TRUE (critical), may sign certificates, ten years."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        ca = ServiceCA.loadOrCreate(directory, "test CA")
+        self.assertEqual(_mode(os.path.join(directory, "ca.key")), 0o600)
+        cert = x509.load_pem_x509_certificate(ca.certificate)
+        with open(os.path.join(directory, "ca.pem"), "rb") as f:
+            self.assertEqual(f.read(), ca.certificate)
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+        self.assertTrue(basic.critical)
+        self.assertTrue(basic.value.ca)
+        usage_ = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        self.assertTrue(usage_.key_cert_sign)
+        self.assertTrue(usage_.crl_sign)
+        self.assertIsInstance(cert.public_key(), ec.EllipticCurvePublicKey)
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        self.assertGreater(life, datetime.timedelta(days=3649))
+        self.assertLess(life, datetime.timedelta(days=3652))
+        # Made once: the next start reads the same CA.
+        again = ServiceCA.loadOrCreate(directory, "test CA")
+        self.assertEqual(again.certificate, ca.certificate)
+        self.assertNotIn(b"PRIVATE", ca.certificate)
+        self.assertNotIn("PRIVATE", repr(ca))
+
+    def test_ca_files_checked(self) -> None:
+        """A missing half, a key readable by others, or a foreign key is refused."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        ServiceCA.loadOrCreate(directory, "test CA")
+        keyPath = os.path.join(directory, "ca.key")
+        os.chmod(keyPath, 0o644)
+        e = self.assertRaises(TLSFileError, ServiceCA.loadOrCreate, directory, "test CA")
+        self.assertIn("0600", str(e))
+        other = self.mktemp()
+        os.makedirs(other)
+        ServiceCA.loadOrCreate(other, "other CA")
+        os.replace(os.path.join(other, "ca.key"), keyPath)
+        e = self.assertRaises(TLSFileError, ServiceCA.loadOrCreate, directory, "test CA")
+        self.assertIn("is not the key of", str(e))
+        os.unlink(keyPath)
+        e = self.assertRaises(TLSFileError, ServiceCA.loadOrCreate, directory, "test CA")
+        self.assertIn("ca.key is missing", str(e))
+
+    def test_leaf(self) -> None:
+        """A leaf: not a CA, SAN names and addresses, server and client auth, ~2 years."""
+        ca = ServiceCA.create("test CA")
+        cred = ca.issue(NODE, [NODE, "10.0.0.7", "::1", NODE])
+        self.assertNotIn("PRIVATE", repr(cred))
+        cert = x509.load_pem_x509_certificate(cred.certificate)
+        caCert = x509.load_pem_x509_certificate(ca.certificate)
+        self.assertEqual(cert.issuer, caCert.subject)
+        cert.verify_directly_issued_by(caCert)
+        self.assertFalse(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+        self.assertFalse(cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(sans.get_values_for_type(x509.DNSName), [NODE])
+        self.assertEqual(sans.get_values_for_type(x509.IPAddress),
+                         [ipaddress.ip_address("10.0.0.7"), ipaddress.ip_address("::1")])
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        self.assertEqual(set(eku), {ExtendedKeyUsageOID.SERVER_AUTH,
+                                    ExtendedKeyUsageOID.CLIENT_AUTH})
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        self.assertGreater(life, datetime.timedelta(days=365))
+        self.assertLess(life, datetime.timedelta(days=732))
+
+    def test_context_round_trip(self) -> None:
+        """The node context carries the three PEM texts as one-line base64."""
+        ca = ServiceCA.create("test CA")
+        context = ServiceTLS(ca, ca.issue("m", ["localhost"])).nodeContext(NODE)
+        for value in context.values():
+            self.assertNotIn("\n", value)
+        files = contextFiles(context)
+        assert files is not None
+        self.assertEqual(files["ca"], ca.certificate)
+        self.assertIn(b"PRIVATE KEY", files["key"])
+        cert = x509.load_pem_x509_certificate(files["cert"])
+        self.assertEqual(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                         .value.get_values_for_type(x509.DNSName), [NODE])
+        self.assertIsNone(contextFiles({"AGENT_TOKEN": "x"}))
+        self.assertRaises(ValueError, contextFiles, {CONTEXT_CERT: context[CONTEXT_CERT]})
+        self.assertRaises(ValueError, contextFiles, {CONTEXT_CERT: "!", CONTEXT_KEY: "!",
+                                                      CONTEXT_CA_CERT: "!"})
+
+    def test_credential_files(self) -> None:
+        """A key file must be 0600 and match its certificate."""
+        ca = ServiceCA.create("test CA")
+        cred = ca.issue(NODE, [NODE])
+        directory = self.mktemp()
+        os.makedirs(directory)
+        cert, key = os.path.join(directory, "c.pem"), os.path.join(directory, "k.pem")
+        with open(cert, "wb") as f:
+            f.write(cred.certificate)
+        with open(key, "wb") as f:
+            f.write(cred.key)
+        os.chmod(key, 0o640)
+        self.assertRaises(TLSFileError, readCredential, cert, key)
+        os.chmod(key, 0o600)
+        self.assertEqual(readCredential(cert, key), cred)
+        with open(key, "wb") as f:
+            f.write(ca.issue("x", ["x"]).key)
+        self.assertRaises(TLSFileError, readCredential, cert, key)
+
+
+class OptionTests(SynchronousTestCase):
+    def writeNode(self) -> tuple[str, str, str]:
+        ca = ServiceCA.create("test CA")
+        cred = ca.issue(NODE, [NODE])
+        directory = self.mktemp()
+        os.makedirs(directory)
+        paths = []
+        for name, data in (("c.pem", cred.certificate), ("k.pem", cred.key),
+                           ("ca.pem", ca.certificate)):
+            paths.append(os.path.join(directory, name))
+            with open(paths[-1], "wb") as f:
+                f.write(data)
+            os.chmod(paths[-1], 0o600)
+        return paths[0], paths[1], paths[2]
+
+    def test_agent_options(self) -> None:
+        cert, key, ca = self.writeNode()
+        state = self.mktemp()
+        o = AgentOptions()
+        o.parseOptions(["--state-dir", state, "--listen", "ssl:0:interface=127.0.0.1",
+                        "--listen", "tcp:0:interface=127.0.0.1", "--tls-cert", cert,
+                        "--tls-key", key, "--ca-cert", ca])
+        self.assertEqual(o["listen"], "ssl:0:interface=127.0.0.1")
+        self.assertEqual(o["also-listen"], ["tcp:0:interface=127.0.0.1"])
+        self.assertIsNotNone(o["tls"].clientCA)
+        for argv, message in [
+            (["--listen", "ssl:0"], "needs --tls-cert"),
+            (["--listen", "ssl:0", "--tls-cert", cert], "go together"),
+            (["--listen", "ssl:0", "--listen", "tcp:0", "--tls-cert", cert, "--tls-key", key],
+             "loopback"),
+        ]:
+            e = self.assertRaises(usage.UsageError, AgentOptions().parseOptions,
+                                  ["--state-dir", state, *argv])
+            self.assertIn(message, str(e))
+        os.chmod(key, 0o644)
+        e = self.assertRaises(usage.UsageError, AgentOptions().parseOptions,
+                              ["--state-dir", state, "--listen", "ssl:0", "--tls-cert", cert,
+                               "--tls-key", key])
+        self.assertIn("0600", str(e))
+
+    def test_manager_config(self) -> None:
+        self.assertFalse(parse_config("").useTLS)
+        self.assertTrue(parse_config("[manager]\ntls = on\n").useTLS)
+        self.assertTrue(parse_config("[iaas]\nDRIVER = LIBCLOUD\n").useTLS)
+        self.assertFalse(parse_config("[iaas]\nDRIVER = LIBCLOUD\n[manager]\ntls = off\n")
+                         .useTLS)
+        self.assertEqual(parse_config("[manager]\ntls_names = a.example.org, 10.0.0.5\n")
+                         .tls_names, ("a.example.org", "10.0.0.5"))
+        self.assertIn("must be on, off or auto",
+                      str(self.assertRaises(Exception, parse_config, "[manager]\ntls = maybe\n")))
+        on, off = ManagerConfig(tls="on"), ManagerConfig(tls="off")
+        checkListens(on, ["ssl:50000", "tcp:50001:interface=127.0.0.1"])
+        self.assertRaises(usage.UsageError, checkListens, on, ["tcp:50000"])
+        self.assertRaises(usage.UsageError, checkListens, off, ["ssl:50000"])
+        self.assertTrue(plainOffLocalhost("tcp6:1:interface=\\:\\:"))
+        self.assertFalse(plainOffLocalhost("tcp6:1:interface=\\:\\:1"))
+
+
+class AgentOverTLSTests(TestCase):
+    """A real agent on ssl:, with the service CA's certificates."""
+
+    skip = skip_unless_mariadb()
+    timeout = 300
+
+    async def startAgent(self) -> tuple[str, str]:
+        self.ca = ServiceCA.create("test CA")
+        self.manager = self.ca.issue("conpaassql manager", ["localhost"])
+        stateDir = os.path.abspath(self.mktemp())
+        tokenFile = os.path.join(stateDir, "api-token")
+        service = AgentService(
+            stateDir, AgentConfig(), "ssl:0:interface=127.0.0.1", tokenFile, reactor=reactor,
+            stopProcess=lambda: None,
+            tls=ServerTLS(self.ca.issue(NODE, [NODE]), clientCA=self.ca.certificate),
+        )
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        port = await service.listening
+        with open(tokenFile) as f:
+            token = f.read().strip()
+        with open(os.path.join(stateDir, "agent-url")) as f:
+            self.assertEqual(f.read().strip(), f"https://127.0.0.1:{port.getHost().port}/")
+        return f"https://127.0.0.1:{port.getHost().port}/", token
+
+    async def callWith(self, url: str, token: str, tls: Any) -> Any:
+        client = RPCClient(url, token, reactor=reactor, timeout=30, tls=tls)
+        try:
+            return await client.call("get_server_state")
+        finally:
+            await client.close()
+
+    async def test_verified_both_ways(self) -> None:
+        url, token = await self.startAgent()
+        result = await self.callWith(url, token, ClientTLS(
+            self.ca.certificate, hostname=NODE, clientCertificate=self.manager))
+        self.assertIn("state", result["return"])
+
+    async def test_refused(self) -> None:
+        """Wrong CA, wrong name, no client certificate, a foreign one, plain http."""
+        url, token = await self.startAgent()
+        other = ServiceCA.create("another CA")
+        cases = {
+            "wrong CA": ClientTLS(other.certificate, hostname=NODE,
+                                  clientCertificate=self.manager),
+            "name mismatch": ClientTLS(self.ca.certificate, hostname="conpaassql-abcd-node-2",
+                                       clientCertificate=self.manager),
+            "no client certificate": ClientTLS(self.ca.certificate, hostname=NODE),
+            "foreign client certificate": ClientTLS(
+                self.ca.certificate, hostname=NODE,
+                clientCertificate=other.issue("conpaassql manager", ["localhost"])),
+        }
+        for what, tls in cases.items():
+            e = await self.assertFailure(
+                _deferred(self.callWith(url, token, tls)),
+                TransportError)
+            self.assertIn(url, str(e), what)
+            if what in ("wrong CA", "name mismatch"):
+                self.assertIn("TLS with", str(e))
+        e = await self.assertFailure(
+            _deferred(self.callWith(url.replace("https", "http"), token, None)), TransportError)
+        self.assertIn("get_server_state", str(e))
+
+    def test_http_url_with_tls_refused(self) -> None:
+        ca = ServiceCA.create("test CA")
+        self.assertRaises(ValueError, RPCClient, "http://127.0.0.1:1/", "t",
+                          tls=ClientTLS(ca.certificate))
+
+
+def _deferred(coro: Any) -> Any:
+    from twisted.internet.defer import Deferred
+
+    return Deferred.fromCoroutine(coro)
+
+
+class ManagerTLSTests(TestCase):
+    """A real manager with tls = on on the LOCAL driver."""
+
+    skip = skip_unless_mariadb()
+    timeout = 600
+
+    async def test_node_over_tls(self) -> None:
+        cloud = localCloud(self)
+        logs: list[str] = []
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        def observe(event: Any) -> None:
+            logs.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        service = ManagerService(
+            cloud.stateDir, ManagerConfig(poll_interval=0.25, boot_timeout=WAIT, tls="on"),
+            "ssl:0:interface=127.0.0.1", os.path.join(cloud.stateDir, "api-token"),
+            reactor=reactor, stopProcess=lambda: None,
+            alsoListen=["tcp:0:interface=127.0.0.1"],
+        )
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        port = await service.listening
+        self.assertEqual(_mode(os.path.join(cloud.stateDir, "ca.key")), 0o600)
+        with open(os.path.join(cloud.stateDir, "ca.pem"), "rb") as f:
+            caPEM = f.read()
+        with open(os.path.join(cloud.stateDir, "api-token")) as tokenFile:
+            token = tokenFile.read().strip()
+        # The API over TLS, verified by the service CA; and plain on loopback.
+        client = RPCClient(f"https://127.0.0.1:{port.getHost().port}/", token, reactor=reactor,
+                           timeout=60, tls=ClientTLS(caPEM))
+        self.addCleanup(client.close)
+        plain = RPCClient(f"http://127.0.0.1:{service.otherPorts[0].getHost().port}/", token,
+                          reactor=reactor, timeout=60)
+        self.addCleanup(plain.close)
+        self.assertEqual((await plain.call("list_nodes")), {"serviceNode": []})
+
+        await client.call("add_nodes", {"function": "agent"})
+        await until(lambda: nodesIn(client, "RUNNING", [1]), "a RUNNING node")
+        info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
+        self.assertTrue(info["isRunningMySQL"])
+        manager = service.manager
+        assert manager is not None
+        node = manager.nodes[1]
+        url = f"https://127.0.0.1:{info['port']}/"
+        self.assertEqual(manager._address(node), url)
+        nodeDir = os.path.join(cloud.baseDir, info["name"])
+        with open(os.path.join(nodeDir, "agent", "agent-url")) as f:
+            self.assertEqual(f.read().strip(), url)
+        for name in ("tls-cert.pem", "tls-key.pem", "ca.pem"):
+            self.assertEqual(_mode(os.path.join(nodeDir, name)), 0o600)
+
+        # The agent refuses plain http, and a client without the manager's certificate.
+        e = await self.assertFailure(_deferred(RPCClient(
+            url.replace("https", "http"), node.core.record.token, reactor=reactor, timeout=30,
+            persistent=False).call("get_server_state")), TransportError)
+        self.assertIn("get_server_state", str(e))
+        e = await self.assertFailure(_deferred(RPCClient(
+            url, node.core.record.token, reactor=reactor, timeout=30, persistent=False,
+            tls=ClientTLS(caPEM, hostname=info["name"])).call("get_server_state")),
+            TransportError)
+
+        # A user call goes through the manager to the agent over TLS.
+        result = await client.call("configure_user", {
+            "serviceNodeId": 1, "username": "app", "password": "s3cret pw"})
+        self.assertEqual(result, {"1": "OK"})
+
+        # No key material in the logs, the node's files or any process's arguments.
+        with open(os.path.join(nodeDir, "tls-key.pem"), "rb") as f:
+            nodeKey = f.read()
+        with open(os.path.join(cloud.stateDir, "ca.key"), "rb") as f:
+            caKey = f.read()
+        secrets = [_body(nodeKey), _body(caKey), _body(service.tls.credential.key)]
+        texts = ["\n".join(logs)]
+        for path in glob.glob(os.path.join(nodeDir, "**", "*.log"), recursive=True):
+            with open(path, errors="replace") as f:
+                texts.append(f.read())
+        for pid in _processesMentioning(nodeDir + os.sep):
+            texts.append(" ".join(process_argv(pid)))
+        for text in texts:
+            for secret in secrets:
+                self.assertNotIn(secret, text)
+                self.assertNotIn(base64.b64encode(secret.encode()).decode()[:40], text)
+        self.assertNotIn("PRIVATE KEY", "\n".join(texts))
+
+        await client.call("remove_nodes", {"serviceNodeId": 1})
+        await until(lambda: 1 not in manager.nodes, "node 1 TERMINATED")
+
+
+def _body(pem: bytes) -> str:
+    """The first line of a PEM key's base64 body (what would show if it leaked)."""
+    return pem.decode().splitlines()[1]
