@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import glob
+import io
 import ipaddress
 import os
 import stat
@@ -24,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from conpaassql.agent.config import AgentConfig
 from conpaassql.agent.tap import AgentService
 from conpaassql.agent.tap import Options as AgentOptions
+from conpaassql.client import cli
 from conpaassql.common.procfs import process_argv
 from conpaassql.common.tls import (
     CONTEXT_CA_CERT,
@@ -331,6 +333,19 @@ class ManagerTLSTests(TestCase):
                           reactor=reactor, timeout=60)
         self.addCleanup(plain.close)
         self.assertEqual((await plain.call("list_nodes")), {"serviceNode": []})
+        # The command-line client verifies it with --ca-cert (and refuses it without).
+        httpsUrl = f"https://127.0.0.1:{port.getHost().port}/"
+        tokenPath = os.path.join(cloud.stateDir, "api-token")
+        caPath = os.path.join(cloud.stateDir, "ca.pem")
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(await cli.run(["--url", httpsUrl, "--token-file", tokenPath,
+                                        "--ca-cert", caPath, "list_nodes"], out, err,
+                                       environ={}), 0, err.getvalue())
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(await cli.run(["--url", httpsUrl, "--token-file", tokenPath,
+                                        "list_nodes"], out, err, environ={}),
+                         cli.EXIT_TRANSPORT)
+        self.assertIn("TLS with", err.getvalue())
 
         await client.call("add_nodes", {"function": "agent"})
         await until(lambda: nodesIn(client, "RUNNING", [1]), "a RUNNING node")
@@ -387,3 +402,85 @@ class ManagerTLSTests(TestCase):
 def _body(pem: bytes) -> str:
     """The first line of a PEM key's base64 body (what would show if it leaked)."""
     return pem.decode().splitlines()[1]
+
+
+class BootScriptTLSTests(TestCase):
+    """
+    SLOW (a real agent and mariadbd): a VM booted by the OpenNebula simulator
+    from etc/agent-boot.sh.in with the TLS context keys listens on https,
+    verified by the CA and its name, and requires a client certificate.
+    """
+
+    skip = skip_unless_mariadb()
+    timeout = 240
+
+    async def test_booted_agent_on_tls(self) -> None:
+        from tests.support.onesim import free_port, make_driver, start_simulator
+        from tests.test_iaas_opennebula import TAG, context, waitFor
+
+        sim, svc = await start_simulator(self, boot=True)
+        driver = make_driver(self, svc.url, TAG)
+        ca = ServiceCA.create("test CA")
+        tls = ServiceTLS(ca, ca.issue("conpaassql manager", ["localhost"]))
+        name = f"conpaassql-{TAG}-node-1"
+        port = free_port()
+        from conpaassql.iaas.base import NodeSpec
+
+        spec = NodeSpec(1, name, {**context(1, port=port, token="tok-tls"),
+                                  **tls.nodeContext(name)})
+        info = await driver.create(spec)
+        vmDir = sim.booter.vmDir(int(info.vmId))
+        self.addCleanup(lambda: _deferred(driver.terminate(info.vmId)))
+
+        async def address() -> bool:
+            vm = next((v for v in await driver.list() if v.vmId == info.vmId), None)
+            return vm is not None and vm.state == "RUNNING" and bool(vm.ip)
+
+        await waitFor(address, "RUNNING")
+        vm = next(v for v in await driver.list() if v.vmId == info.vmId)
+        url = f"https://{vm.ip}:{port}/"
+        client = RPCClient(url, "tok-tls", persistent=False, timeout=10,
+                           tls=tls.agentPolicy(name))
+        state: dict[str, Any] = {}
+
+        async def answers() -> bool:
+            try:
+                state.update((await client.call("get_server_state"))["return"])
+            except TransportError:
+                return False
+            return True
+
+        try:
+            await waitFor(answers, "the agent over TLS", timeout=150)
+        except AssertionError:
+            with open(os.path.join(vmDir, "boot.log"), errors="replace") as f:
+                raise AssertionError(f.read()[-3000:]) from None
+        confDir = os.path.join(vmDir, "root", "etc", "conpaassql")
+        for fileName in ("agent-tls.pem", "agent-tls.key", "ca.pem"):
+            self.assertEqual(_mode(os.path.join(confDir, fileName)), 0o600)
+        with open(os.path.join(confDir, "node.conf")) as f:
+            self.assertIn(f"AGENT_URL=https://{vm.ip}:{port}/", f.read())
+        # Without a client certificate, or over plain http: refused.
+        for bad in (RPCClient(url, "tok-tls", persistent=False, timeout=10,
+                              tls=ClientTLS(ca.certificate, hostname=name)),
+                    RPCClient(url.replace("https", "http"), "tok-tls", persistent=False,
+                              timeout=10)):
+            await self.assertFailure(_deferred(bad.call("get_server_state")), TransportError)
+        # The key is on no command line.
+        with open(os.path.join(confDir, "agent-tls.key"), "rb") as f:
+            body = _body(f.read())
+        pids = _processesMentioning(vmDir)
+        self.assertTrue(pids)
+        for pid in pids:
+            self.assertNotIn(body, " ".join(process_argv(pid)))
+        await driver.terminate(info.vmId)
+        await waitFor(lambda: _deferred(_false()) if sim.booter.running else _deferred(_true()),
+                      "the VM's processes to end", timeout=60)
+
+
+async def _true() -> bool:
+    return True
+
+
+async def _false() -> bool:
+    return False

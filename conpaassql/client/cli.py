@@ -40,6 +40,7 @@ from typing import IO, Any, NoReturn, Protocol, TextIO
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater, react
 
+from conpaassql.common.tls import ClientTLS, TLSFileError, readCertificate
 from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import UNAUTHORIZED, NotFound, RPCError, TransportError
 
@@ -546,6 +547,10 @@ def _argumentParser(stdout: TextIO, stderr: TextIO) -> _ArgumentParser:
     parser.add_argument("--token-file", metavar="FILE", help="read the API token from FILE")
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON")
     parser.add_argument(
+        "--ca-cert", metavar="FILE",
+        help="verify an https:// manager by this CA certificate (its state directory's ca.pem)",
+    )
+    parser.add_argument(
         "--timeout", type=_timeoutArg, default=DEFAULT_TIMEOUT, metavar="SECONDS",
         help=f"how long to wait for each reply (default {DEFAULT_TIMEOUT:g}; "
         "uploads are not limited)",
@@ -644,6 +649,8 @@ class Invocation:
     request: Request
     json: bool = False
     timeout: float = DEFAULT_TIMEOUT
+    #: The CA certificate (PEM) an https manager is verified by.
+    caCert: bytes | None = None
 
 
 def _askPassword(
@@ -689,6 +696,7 @@ def prepare(
         request = parseCommand(words, passwordStdin=options.password_stdin)
         assert command is not None
         token, source = resolveToken(options.token, options.token_file, environ)
+        caCert = _readCACert(options.ca_cert, url)
         request = _askPassword(
             request, options.password_stdin, stdin or sys.stdin, getpass or _getpass.getpass
         )
@@ -703,7 +711,19 @@ def prepare(
     except KeyboardInterrupt:
         stderr.write("\ninterrupted\n")
         return EXIT_INTERRUPTED
-    return Invocation(url, token, source, command, request, options.json, options.timeout)
+    return Invocation(url, token, source, command, request, options.json, options.timeout,
+                      caCert)
+
+
+def _readCACert(path: str | None, url: str) -> bytes | None:
+    if path is None:
+        return None
+    if not url.startswith("https://"):
+        raise UsageError("--ca-cert needs an https:// manager URL")
+    try:
+        return readCertificate(path)
+    except TLSFileError as e:
+        raise UsageError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------
@@ -916,7 +936,8 @@ async def execute(
         reactor = _reactor
     request = invocation.request
     client = RPCClient(invocation.url, invocation.token, reactor=reactor,
-                       timeout=invocation.timeout)
+                       timeout=invocation.timeout,
+                       tls=ClientTLS(invocation.caCert) if invocation.caCert else None)
     try:
         if request.method is None:
             states: dict[str, str] = {}

@@ -471,7 +471,7 @@ class LocalDriver:
             self._reactor.spawnProcess(
                 launcher,
                 sys.executable,
-                self._agentArgv(node, port, tls=tlsFiles is not None),
+                self._agentArgv(node, port),
                 env=self._agentEnvironment(node),
                 path=node.dir,
             )
@@ -563,10 +563,10 @@ class LocalDriver:
 
     # -- creating
 
-    def _agentArgv(self, node: _Node, port: int, *, tls: bool = False) -> builtins.list[str]:
+    def _agentArgv(self, node: _Node, port: int) -> builtins.list[str]:
         listen = f"tcp:{port}:interface={_endpointAddress(self.settings.bindAddress)}"
         tlsArgs = []
-        if tls:
+        if os.path.exists(node.path(TLS_FILES["cert"])):  # the context gave TLS files
             # File names only: the key stays in its 0600 file.
             listen = "ssl" + listen[3:]
             tlsArgs = [f"--tls-cert={node.path(TLS_FILES['cert'])}",
