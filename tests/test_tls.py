@@ -40,7 +40,7 @@ from conpaassql.common.tls import (
     plainOffLocalhost,
     readCredential,
 )
-from conpaassql.manager.config import ManagerConfig, parse_config
+from conpaassql.manager.config import ConfigError, ManagerConfig, parse_config
 from conpaassql.manager.tap import ManagerService, checkListens
 from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import TransportError
@@ -211,7 +211,7 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(parse_config("[manager]\ntls_names = a.example.org, 10.0.0.5\n")
                          .tls_names, ("a.example.org", "10.0.0.5"))
         self.assertIn("must be on, off or auto",
-                      str(self.assertRaises(Exception, parse_config, "[manager]\ntls = maybe\n")))
+                      str(self.assertRaises(ConfigError, parse_config, "[manager]\ntls = maybe\n")))
         on, off = ManagerConfig(tls="on"), ManagerConfig(tls="off")
         checkListens(on, ["ssl:50000", "tcp:50001:interface=127.0.0.1"])
         self.assertRaises(usage.UsageError, checkListens, on, ["tcp:50000"])
@@ -309,8 +309,8 @@ class ManagerTLSTests(TestCase):
         def observe(event: Any) -> None:
             logs.append(formatEvent(event))
 
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, observe)  # type: ignore[arg-type]
         service = ManagerService(
             cloud.stateDir, ManagerConfig(poll_interval=0.25, boot_timeout=WAIT, tls="on"),
             "ssl:0:interface=127.0.0.1", os.path.join(cloud.stateDir, "api-token"),
@@ -321,8 +321,8 @@ class ManagerTLSTests(TestCase):
         self.addCleanup(lambda: service.stopService() if service.running else None)
         port = await service.listening
         self.assertEqual(_mode(os.path.join(cloud.stateDir, "ca.key")), 0o600)
-        with open(os.path.join(cloud.stateDir, "ca.pem"), "rb") as f:
-            caPEM = f.read()
+        with open(os.path.join(cloud.stateDir, "ca.pem"), "rb") as caFile:
+            caPEM = caFile.read()
         with open(os.path.join(cloud.stateDir, "api-token")) as tokenFile:
             token = tokenFile.read().strip()
         # The API over TLS, verified by the service CA; and plain on loopback.
@@ -378,15 +378,16 @@ class ManagerTLSTests(TestCase):
         self.assertEqual(result, {"1": "OK"})
 
         # No key material in the logs, the node's files or any process's arguments.
-        with open(os.path.join(nodeDir, "tls-key.pem"), "rb") as f:
-            nodeKey = f.read()
-        with open(os.path.join(cloud.stateDir, "ca.key"), "rb") as f:
-            caKey = f.read()
+        with open(os.path.join(nodeDir, "tls-key.pem"), "rb") as keyFile:
+            nodeKey = keyFile.read()
+        with open(os.path.join(cloud.stateDir, "ca.key"), "rb") as keyFile:
+            caKey = keyFile.read()
+        assert service.tls is not None
         secrets = [_body(nodeKey), _body(caKey), _body(service.tls.credential.key)]
         texts = ["\n".join(logs)]
         for path in glob.glob(os.path.join(nodeDir, "**", "*.log"), recursive=True):
-            with open(path, errors="replace") as f:
-                texts.append(f.read())
+            with open(path, errors="replace") as log:
+                texts.append(log.read())
         for pid in _processesMentioning(nodeDir + os.sep):
             texts.append(" ".join(process_argv(pid)))
         for text in texts:
@@ -429,7 +430,9 @@ class BootScriptTLSTests(TestCase):
         spec = NodeSpec(1, name, {**context(1, port=port, token="tok-tls"),
                                   **tls.nodeContext(name)})
         info = await driver.create(spec)
-        vmDir = sim.booter.vmDir(int(info.vmId))
+        assert sim.booter is not None
+        booter = sim.booter
+        vmDir = booter.vmDir(int(info.vmId))
         self.addCleanup(lambda: _deferred(driver.terminate(info.vmId)))
 
         async def address() -> bool:
@@ -453,13 +456,13 @@ class BootScriptTLSTests(TestCase):
         try:
             await waitFor(answers, "the agent over TLS", timeout=150)
         except AssertionError:
-            with open(os.path.join(vmDir, "boot.log"), errors="replace") as f:
-                raise AssertionError(f.read()[-3000:]) from None
+            with open(os.path.join(vmDir, "boot.log"), errors="replace") as bootLog:
+                raise AssertionError(bootLog.read()[-3000:]) from None
         confDir = os.path.join(vmDir, "root", "etc", "conpaassql")
         for fileName in ("agent-tls.pem", "agent-tls.key", "ca.pem"):
             self.assertEqual(_mode(os.path.join(confDir, fileName)), 0o600)
-        with open(os.path.join(confDir, "node.conf")) as f:
-            self.assertIn(f"AGENT_URL=https://{vm.ip}:{port}/", f.read())
+        with open(os.path.join(confDir, "node.conf")) as conf:
+            self.assertIn(f"AGENT_URL=https://{vm.ip}:{port}/", conf.read())
         # Without a client certificate, or over plain http: refused.
         for bad in (RPCClient(url, "tok-tls", persistent=False, timeout=10,
                               tls=ClientTLS(ca.certificate, hostname=name)),
@@ -474,7 +477,7 @@ class BootScriptTLSTests(TestCase):
         for pid in pids:
             self.assertNotIn(body, " ".join(process_argv(pid)))
         await driver.terminate(info.vmId)
-        await waitFor(lambda: _deferred(_false()) if sim.booter.running else _deferred(_true()),
+        await waitFor(lambda: _deferred(_false()) if booter.running else _deferred(_true()),
                       "the VM's processes to end", timeout=60)
 
 

@@ -44,8 +44,8 @@ class Options(ServiceOptions):
         ["tls-cert", None, None, "TLS certificate (PEM) of ssl: endpoints."],
         ["tls-key", None, None, "Its private key (PEM, a 0600 file)."],
         ["ca-cert", None, None,
-         "The service CA (PEM): clients must present a certificate it issued (mutual TLS), "
-         "and peers are verified by it."],
+         ("The service CA (PEM): clients must present a certificate it issued (mutual TLS), "
+          "and peers are verified by it.")],
     ]
 
     def loadConfig(self, path: str | None) -> AgentConfig:

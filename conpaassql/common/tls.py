@@ -95,7 +95,7 @@ class Credential:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _keyPEM(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -190,8 +190,9 @@ class ServiceCA:
             key = serialization.load_pem_private_key(keyPEM, password=None)
         except ValueError:
             raise TLSFileError(f"{keyPath} is not a PEM private key") from None
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         if not isinstance(key, ec.EllipticCurvePrivateKey) or \
-                key.public_key().public_numbers() != cert.public_key().public_numbers():
+                key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
             raise TLSFileError(f"{keyPath} is not the key of {certPath}")
         return cls(key, cert)
 
@@ -315,7 +316,7 @@ def readCredential(certPath: str, keyPath: str) -> Credential:
     cred = Credential(_readPublic(certPath), _readPrivate(keyPath))
     try:
         cred.privateCertificate()
-    except Exception:
+    except Exception:  # noqa: BLE001 - OpenSSL's errors for a bad key or a mismatch vary
         raise TLSFileError(f"{keyPath} and {certPath} are not a matching PEM key "
                            "and certificate") from None
     return cred
@@ -346,15 +347,13 @@ class ServerTLS:
 
     def options(self) -> ssl.CertificateOptions:
         pc = self.credential.privateCertificate()
-        trust = {}
+        caCerts = None
         if self.clientCA is not None:
-            trust = {
-                "verify": True,
-                "caCerts": [ssl.Certificate.loadPEM(self.clientCA).original],
-                "requireCertificate": True,
-            }
+            caCerts = [ssl.Certificate.loadPEM(self.clientCA).original]
         return ssl.CertificateOptions(
-            privateKey=pc.privateKey.original, certificate=pc.original, **trust, **_minimum()
+            privateKey=pc.privateKey.original, certificate=pc.original,
+            verify=caCerts is not None, caCerts=caCerts, requireCertificate=caCerts is not None,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         )
 
 
@@ -441,7 +440,7 @@ def serverEndpoint(reactor: Any, description: str, tls: ServerTLS | None,
         if tls is None:
             raise ValueError(f"{description}: an ssl: endpoint needs a certificate "
                              "(the service's TLS settings, or privateKey=)")
-        wrapped = TLSMemoryBIOFactory(tls.options(), False, factory)
+        wrapped = TLSMemoryBIOFactory(tls.options(), False, factory)  # type: ignore[arg-type]
         return endpoints.serverFromString(reactor, "tcp" + description[3:]), wrapped
     return endpoints.serverFromString(reactor, description), factory
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from urllib.parse import urlsplit
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from twisted.application import service
 from twisted.logger import Logger, globalLogPublisher, textFileLogObserver

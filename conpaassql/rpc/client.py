@@ -15,7 +15,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import treq
 from OpenSSL.SSL import Error as SSLError
@@ -33,6 +33,9 @@ from twisted.web.client import (
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 
 from conpaassql.rpc.errors import TransportError, fromWire
+
+if TYPE_CHECKING:
+    from conpaassql.common.tls import ClientTLS
 
 DEFAULT_TIMEOUT = 30.0
 #: Bytes read from an uploaded file at a time.
@@ -89,7 +92,7 @@ class RPCClient:
         timeout: float = DEFAULT_TIMEOUT,
         connectTimeout: float = 10.0,
         persistent: bool = True,
-        tls: IPolicyForHTTPS | None = None,
+        tls: IPolicyForHTTPS | ClientTLS | None = None,
     ) -> None:
         """
         @param tls: how an C{https} service is verified (and the client

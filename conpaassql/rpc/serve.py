@@ -38,8 +38,9 @@ log = Logger()
 def serviceOptions(listen: str, stateDir: str, what: str, sample: str) -> list[list[Any]]:
     """The options every service has: where it listens and keeps its state."""
     return [
-        ["listen", "l", listen, "Endpoint to serve the JSON-RPC API on (repeatable: the first "
-         "is the main one; ssl:PORT[:interface=IP] uses the service's certificate)."],
+        ["listen", "l", listen, ("Endpoint to serve the JSON-RPC API on (repeatable: the first "
+                                 "is the main one; ssl:PORT[:interface=IP] uses the service's "
+                                 "certificate).")],
         ["state-dir", "d", stateDir, f"Directory for the {what}."],
         ["config", "c", None, f"INI configuration file (see {sample})."],
         ["token-file", "t", None, "API token file (default: STATE_DIR/api-token)."],
@@ -193,7 +194,7 @@ class RPCServerService(service.MultiService):
                                                    factory)
                 port = await endpoint.listen(wrapped)
                 ports.append((port, "https" if isTLSEndpoint(description) else "http"))
-        except Exception:
+        except Exception:  # noqa: BLE001 - any listen failure is reported the same way
             failure = Failure()
             for port, _ in ports:
                 await port.stopListening()
