@@ -19,6 +19,8 @@ from twisted.python import usage
 from conpaassql.agent.api import AgentAPI
 from conpaassql.agent.config import AgentConfig, ConfigError, load_config
 from conpaassql.agent.mysqld import ManagedServer, ScriptServer, ServerControl
+from conpaassql.agent.replication import Replication
+from conpaassql.agent.snapshot import AgentRoot, SnapshotResource, SnapshotSource
 from conpaassql.common.files import read_or_create_token
 from conpaassql.rpc.dispatch import Dispatcher, Introspection
 from conpaassql.rpc.resource import ConnectionTracker, RPCResource, TokenAuth, makeSite
@@ -91,6 +93,8 @@ class AgentService(service.MultiService):
         self.maxUpload = maxUpload
         self.server: ServerControl | None = None
         self.api: AgentAPI | None = None
+        self.replication: Replication | None = None
+        self.snapshots: SnapshotSource | None = None
         self.port: Any = None
         self.listening: Deferred[Any] = Deferred()
         self._connections: ConnectionTracker | None = None
@@ -114,10 +118,20 @@ class AgentService(service.MultiService):
             agentPort=lambda: self.port.getHost().port if self.port else None,
             stopAgent=self._stopAgent,
         )
-        dispatcher = Dispatcher(self.api)
+        api = self.api
+        self.replication = Replication(
+            api._database, server, self.reactor, self.stateDir,
+            locked=api._locked, closeDatabase=api.closeDatabase,
+        )
+        self.replication.setServiceParent(self)
+        api.replication = self.replication
+        dispatcher = Dispatcher(self.api, self.replication)
         dispatcher.collect(Introspection(dispatcher))
+        auth = TokenAuth([token], hint=f"token file {self.tokenFile}")
+        self.snapshots = SnapshotSource(api._database, server, self.reactor)
+        snapshots = SnapshotResource(self.snapshots, auth)
         site = makeSite(
-            RPCResource(dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}")),
+            AgentRoot(RPCResource(dispatcher, auth), {b"snapshot": snapshots}),
             maxUpload=self.maxUpload,
             uploadDir=uploads,
         )

@@ -1,0 +1,600 @@
+"""
+A consistent snapshot of a master, streamed agent to agent.
+
+Master side: L{SnapshotResource} serves C{GET /snapshot} (same bearer token
+as the API).  The body is SQL: the master's user accounts (not the system
+ones, so a slave's own root survives), then the output of C{mariadb-dump
+--single-transaction --gtid --master-data=2 ...} for every database but the
+C{mysql} system schema, then a trailer line C{-- conpaassql snapshot
+complete: N bytes}.  The dump runs in one consistent-snapshot transaction:
+the master is neither stopped nor locked while it is copied.  The dump's
+standard output goes to the HTTP connection through a push producer, so
+when the network (or the slave) is slow the dump process is paused rather
+than buffered; if the client goes away the dump is killed; if the dump
+fails the connection is aborted before the trailer.
+
+Slave side: L{streamSnapshot} GETs the snapshot and pipes the body into the
+local client (C{mariadb}) through C{spawnProcess}, pausing the HTTP
+transport whenever the client's stdin pipe is full.  Nothing is held whole
+in memory or written to disk.  On the way it reads the dump's commented
+replication coordinates (GTID position, binary log file and position).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+from twisted.web._newclient import ResponseDone
+from twisted.web.server import NOT_DONE_YET
+from treq.client import HTTPClient
+from zope.interface import implementer
+
+from conpaassql.agent.db import DATABASE, PROTECTED_USERS
+from conpaassql.agent.dump import clientError
+from conpaassql.agent.replsql import Dialect
+from conpaassql.rpc.dispatch import encode
+from conpaassql.rpc.errors import (
+    Conflict,
+    OperationFailed,
+    RPCError,
+    Timeout,
+    Unauthorized,
+    WrongState,
+)
+from conpaassql.rpc.resource import TokenAuth
+
+log = Logger()
+
+TRAILER = b"-- conpaassql snapshot complete: "
+_TRAILER_LINE = re.compile(rb"\n-- conpaassql snapshot complete: ([0-9]+) bytes\n\Z")
+_GTID_LINES = (
+    re.compile(rb"^-- SET GLOBAL gtid_slave_pos='([0-9,\-]*)';$", re.M),
+    re.compile(rb"^/\* SET @@GLOBAL\.GTID_PURGED=(?:/\*!80000 '\+'\*/ )?'([^']*)'", re.M),
+)
+_BINLOG_LINE = re.compile(
+    rb"^-- CHANGE (?:MASTER|REPLICATION SOURCE) TO (?:MASTER|SOURCE)_LOG_FILE='([^']{1,255})', "
+    rb"(?:MASTER|SOURCE)_LOG_POS=([0-9]{1,20});$",
+    re.M,
+)
+_KEEP = 512
+_STDERR_KEEP = 16 * 1024
+
+#: Schemas never copied: the server's own.
+SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+
+
+def _errorBody(error: RPCError) -> bytes:
+    return encode({"result": None, "error": error.toDict(), "id": None})
+
+
+@dataclass
+class SnapshotSource:
+    """
+    What the master-side endpoint needs from the agent.
+
+    @ivar database: returns the node's L{conpaassql.agent.db.Database}
+        (raising L{WrongState} when the server is not running).
+    @ivar server: the node's L{conpaassql.agent.mysqld.ServerControl}.
+    """
+
+    database: Callable[[], Any]
+    server: Any
+    reactor: Any
+    maxConcurrent: int = 2
+    active: int = 0
+    served: int = 0
+    #: The running dumps, for status and tests.
+    dumps: list[Any] = field(default_factory=list)
+
+    def dialect(self) -> Dialect:
+        return Dialect.fromVersion(self.server.version, self.server.flavor)
+
+
+async def accountStatements(db: Any) -> list[bytes]:
+    """
+    SQL that recreates the master's user accounts on a slave: every account
+    but the system ones (root, mariadb.sys, ...), each dropped first if it
+    exists, created with its password hash, and granted what it has.
+    """
+    rows = await db.query("SELECT User, Host FROM mysql.user WHERE User <> '' ORDER BY User, Host")
+    out: list[bytes] = []
+    for user, host in rows:
+        if user in PROTECTED_USERS:
+            continue
+        created = await db.query("SHOW CREATE USER %s@%s", (user, host))
+        grants = await db.query("SHOW GRANTS FOR %s@%s", (user, host))
+        account = (await db.query("SELECT QUOTE(%s), QUOTE(%s)", (user, host)))[0]
+        out.append(f"DROP USER IF EXISTS {account[0]}@{account[1]};\n".encode())
+        out.append(f"{created[0][0]};\n".encode())
+        for (grant,) in grants:
+            out.append(f"{grant};\n".encode())
+    return out
+
+
+@implementer(IPushProducer)
+class _DumpToRequest(ProcessProtocol):
+    """
+    The dump program, its standard output written to an HTTP request, the
+    request's backpressure pausing the program.
+    """
+
+    def __init__(self, request: server.Request, source: SnapshotSource) -> None:
+        self.request = request
+        self.source = source
+        self.bytes = 0
+        self.stderr = bytearray()
+        self.ended: Deferred[int] = Deferred()
+        self.clientGone = False
+        self.paused = False
+
+    # IPushProducer, for the request.
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.clientGone = True
+        if self.transport is not None and self.transport.pid is not None:
+            try:
+                self.transport.signalProcess("KILL")
+            except ierror.ProcessExitedAlready:
+                pass
+
+    # ProcessProtocol.
+
+    def outReceived(self, data: bytes) -> None:
+        if self.clientGone:
+            return
+        self.bytes += len(data)
+        self.request.write(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+        if len(self.stderr) > _STDERR_KEEP:
+            del self.stderr[: len(self.stderr) - _STDERR_KEEP]
+
+    def processEnded(self, reason: Failure) -> None:
+        code = 0
+        if reason.check(ierror.ProcessTerminated):
+            code = reason.value.exitCode if reason.value.exitCode is not None else -1
+        self.ended.callback(code)
+
+
+class SnapshotResource(resource.Resource):
+    """
+    C{GET /snapshot[?databases=a,b]}: the snapshot stream (see the module
+    docstring).  Errors before the stream starts are JSON error replies
+    with the API's codes (401, 409 for a server not running or not
+    logging binary logs, ...).
+    """
+
+    isLeaf = True
+
+    def __init__(self, source: SnapshotSource, auth: TokenAuth) -> None:
+        super().__init__()
+        self.source = source
+        self.auth = auth
+
+    def render_GET(self, request: server.Request) -> int | bytes:
+        try:
+            self.auth.check(request)
+        except Unauthorized as e:
+            request.setHeader(b"www-authenticate", b'Bearer realm="conpaassql"')
+            return self._fail(request, e)
+        d = Deferred.fromCoroutine(self._serve(request))
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _fail(self, request: server.Request, error: RPCError) -> bytes:
+        request.setResponseCode(error.httpStatus if error.httpStatus != 200 else 409)
+        request.setHeader(b"content-type", b"application/json")
+        return _errorBody(error)
+
+    def _failed(self, failure: Failure, request: server.Request) -> None:
+        if request.finished or request._disconnected:
+            return
+        if request.startedWriting:
+            log.failure("snapshot stream failed", failure)
+            request.transport.abortConnection()
+            return
+        if failure.check(RPCError):
+            error: RPCError = failure.value
+        else:
+            log.failure("snapshot failed", failure)
+            error = OperationFailed("the snapshot failed; see the master agent's log")
+        request.write(self._fail(request, error))
+        request.finish()
+
+    async def _serve(self, request: server.Request) -> None:
+        source = self.source
+        databases = None
+        raw = request.args.get(b"databases") if request.args else None
+        if raw:
+            databases = [d for d in raw[0].decode("utf-8", "replace").split(",") if d]
+            for name in databases:
+                if not re.fullmatch(DATABASE, name) or name.lower() in SYSTEM_SCHEMAS:
+                    raise WrongState(f"not a database that can be copied: {name[:64]!r}")
+        db = source.database()
+        logBin = (await db.query("SELECT @@GLOBAL.log_bin"))[0][0]
+        if not int(logBin):
+            raise WrongState(
+                "this server writes no binary log, so a snapshot has no replication "
+                "position; call set_up_replica_master first"
+            )
+        if source.active >= source.maxConcurrent:
+            raise Conflict(f"{source.active} snapshots are already being taken; try later")
+        dump = source.server.dump_binary
+        if not dump:
+            raise OperationFailed("no mariadb-dump/mysqldump program on this node")
+        source.active += 1
+        try:
+            await self._stream(request, db, dump, databases)
+        finally:
+            source.active -= 1
+
+    async def _stream(
+        self, request: server.Request, db: Any, dump: str, databases: list[str] | None
+    ) -> None:
+        source = self.source
+        dialect = source.dialect()
+        argv = [dump, f"--defaults-file={source.server.client_defaults_file}",
+                *dialect.dumpOptions()]
+        if databases:
+            argv += ["--databases", *databases]
+        else:
+            argv += ["--all-databases", *(f"--ignore-database={s}" for s in SYSTEM_SCHEMAS)]
+        accounts = await accountStatements(db)
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/sql")
+        request.setHeader(b"cache-control", b"no-store")
+        header = b"-- conpaassql snapshot: accounts, then the dump\n" + b"".join(accounts)
+        request.write(header)
+        proto = _DumpToRequest(request, source)
+        proto.bytes = len(header)
+        request.registerProducer(proto, True)
+        request.notifyFinish().addErrback(lambda _: proto.stopProducing())
+        started = time.monotonic()
+        log.info("snapshot for {peer} started", peer=getattr(request.getClientAddress(), "host", "?"))
+        source.reactor.spawnProcess(proto, dump, argv, env=source.server.child_environment())
+        source.dumps.append(proto)
+        try:
+            code = await proto.ended
+        finally:
+            source.dumps.remove(proto)
+        if request._disconnected or proto.clientGone:
+            log.info("snapshot client went away after {n} bytes; dump stopped", n=proto.bytes)
+            return
+        request.unregisterProducer()
+        if code != 0:
+            text = proto.stderr.decode("utf-8", "replace").strip()[-500:]
+            log.error("snapshot dump failed ({code}): {text}", code=code, text=text)
+            request.transport.abortConnection()
+            return
+        request.write(TRAILER + f"{proto.bytes} bytes\n".encode())
+        request.finish()
+        source.served += 1
+        log.info("snapshot of {n} bytes served in {s:.1f} s", n=proto.bytes,
+                 s=time.monotonic() - started)
+
+
+# -- the slave side
+
+
+@dataclass
+class SeedResult:
+    bytes: int = 0
+    gtid: str | None = None
+    logFile: str | None = None
+    logPos: int | None = None
+
+
+class _Scanner:
+    """Finds the dump's replication coordinates and its trailer in the stream."""
+
+    def __init__(self, result: SeedResult) -> None:
+        self.result = result
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        window = self._tail + data
+        if b"-- " in window or b"GTID_PURGED" in window:
+            for pattern in _GTID_LINES:
+                for match in pattern.finditer(window):
+                    self.result.gtid = match.group(1).decode("ascii", "replace").replace("\n", "")
+            for match in _BINLOG_LINE.finditer(window):
+                self.result.logFile = match.group(1).decode("utf-8", "replace")
+                self.result.logPos = int(match.group(2))
+        self._tail = window[-_KEEP:]
+
+    def complete(self) -> bool:
+        """Whether the stream ended with the master's trailer, bytes matching."""
+        match = _TRAILER_LINE.search(self._tail)
+        if not match:
+            return False
+        trailerLength = len(match.group(0)) - 1  # without the newline before it
+        return int(match.group(1)) == self.result.bytes - trailerLength
+
+
+@implementer(IPushProducer)
+class _BodyToClient(Protocol):
+    """
+    An HTTP response body fed to a client process's stdin; the process's
+    pipe pauses and resumes the HTTP transport.
+    """
+
+    def __init__(self, client: _LoaderProtocol, scanner: _Scanner, result: SeedResult,
+                 gate: Callable[[int], Awaitable[None] | None] | None) -> None:
+        self.client = client
+        self.scanner = scanner
+        self.result = result
+        self.done: Deferred[None] = Deferred()
+        self.http: Any = None
+        self.gate = gate
+        self._pausedByPipe = False
+        self.pipeLost = False
+
+    def makeConnection(self, transport: Any) -> None:
+        self.http = transport
+        self.connectionMade()
+
+    # IPushProducer, for the client's stdin pipe.
+
+    def pauseProducing(self) -> None:
+        self._pausedByPipe = True
+        self.http.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._pausedByPipe = False
+        self.http.resumeProducing()
+
+    def stopProducing(self) -> None:
+        # The client's stdin is gone: it exited (its status tells why).
+        self.pipeLost = True
+        self.http.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.result.bytes += len(data)
+        self.scanner.feed(data)
+        if self.client.transport is not None and not self.client.ended.called:
+            self.client.transport.write(data)
+        if self.gate is not None:
+            waiting = self.gate(self.result.bytes)
+            if waiting is not None:
+                self.http.pauseProducing()
+                Deferred.fromCoroutine(_await(waiting)).addBoth(self._gateOpen)
+
+    def _gateOpen(self, _: Any) -> None:
+        if not self._pausedByPipe and not self.done.called:
+            self.http.resumeProducing()
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        if reason.check(ResponseDone):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+
+async def _await(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+class _LoaderProtocol(ProcessProtocol):
+    def __init__(self) -> None:
+        self.stderr = bytearray()
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        pass
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+        if len(self.stderr) > _STDERR_KEEP:
+            del self.stderr[: len(self.stderr) - _STDERR_KEEP]
+
+    def processEnded(self, reason: Failure) -> None:
+        code = 0
+        if reason.check(ierror.ProcessTerminated):
+            code = reason.value.exitCode if reason.value.exitCode is not None else -1
+        self.ended.callback(code)
+
+    def kill(self) -> None:
+        if self.transport is not None and not self.ended.called:
+            try:
+                self.transport.signalProcess(signal.SIGKILL)
+            except ierror.ProcessExitedAlready:
+                pass
+
+
+async def _errorMessage(response: Any) -> str:
+    text = (await response.content())[:16384].decode("utf-8", "replace")
+    try:
+        error = json.loads(text)["error"]
+        return f"{error['message']} (code {error['code']})"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.code}: {text[:300]}"
+
+
+async def streamSnapshot(
+    reactor: Any,
+    client: HTTPClient,
+    url: str,
+    token: str,
+    argv: list[str],
+    env: dict[str, str],
+    result: SeedResult,
+    *,
+    databases: list[str] | None = None,
+    connectTimeout: float = 30.0,
+    idleTimeout: float = 300.0,
+    gate: Callable[[int], Awaitable[None] | None] | None = None,
+) -> SeedResult:
+    """
+    Load the master agent's snapshot (C{url} + C{snapshot}) through the
+    local client C{argv}.  C{result.bytes} grows as bytes arrive.
+
+    @param gate: called with the byte count after each chunk; if it returns
+        an awaitable, the transfer pauses until it is done (for tests).
+    @return: a Deferred firing with C{result}, coordinates filled in.
+    @raise OperationFailed: the master refused, the transfer broke, the
+        stream was incomplete or the client failed (with the dump's line).
+    @raise Timeout: no answer within C{connectTimeout}, or no data for
+        C{idleTimeout} seconds while not paused.
+    """
+    target = (url if url.endswith("/") else url + "/") + "snapshot"
+    if databases:
+        target += "?" + urlencode({"databases": ",".join(databases)})
+    try:
+        response = await client.get(
+            target,
+            headers={"Authorization": [f"Bearer {token}"]},
+            unbuffered=True,
+            timeout=connectTimeout,
+        )
+    except Exception as e:  # noqa: BLE001 - every transport error is reported the same way
+        raise OperationFailed(f"cannot reach the master agent at {url}: {_describe(e)}") from None
+    if response.code != http.OK:
+        message = await _errorMessage(response)
+        raise OperationFailed(f"the master agent refused the snapshot: {message}")
+
+    loader = _LoaderProtocol()
+    scanner = _Scanner(result)
+    body = _BodyToClient(loader, scanner, result, gate)
+    reactor.spawnProcess(loader, argv[0], argv, env=env)
+    loader.transport.registerProducer(body, True)
+    idle = _IdleWatch(reactor, idleTimeout, body)
+    response.deliverBody(body)
+    try:
+        await _firstOf(body.done, loader.ended)
+    except Exception as e:  # noqa: BLE001
+        if body.pipeLost:
+            _raiseClient(loader, await loader.ended or -1, result)
+        loader.kill()
+        await loader.ended
+        if idle.fired:
+            raise Timeout(f"no data from the master agent for {idleTimeout:g} s") from None
+        raise OperationFailed(
+            f"the snapshot transfer broke after {result.bytes} bytes: {_describe(e)}"
+        ) from None
+    finally:
+        idle.stop()
+    if loader.ended.called and not body.done.called:
+        # The client ended before the stream did: it failed.
+        body.http.stopProducing()
+        code = await loader.ended
+        _raiseClient(loader, code or -1, result)
+    loader.transport.unregisterProducer()
+    loader.transport.closeStdin()
+    code = await loader.ended
+    if code != 0:
+        _raiseClient(loader, code, result)
+    if not scanner.complete():
+        raise OperationFailed(
+            f"the snapshot stream ended after {result.bytes} bytes without the master's "
+            "completion trailer; the master's dump failed (see the master agent's log)"
+        )
+    if result.gtid is None:
+        raise OperationFailed("the snapshot carries no GTID position")
+    return result
+
+
+def _raiseClient(loader: _LoaderProtocol, code: int, result: SeedResult) -> None:
+    message, errno, line = clientError(bytes(loader.stderr), code)
+    data: dict[str, Any] = {"bytes": result.bytes}
+    if errno is not None:
+        data.update(errno=errno, line=line)
+    raise OperationFailed(f"loading the snapshot failed: {message}", data)
+
+
+def _describe(e: BaseException) -> str:
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        return "; ".join(str(getattr(r, "value", r)) for r in reasons)
+    return str(e) or type(e).__name__
+
+
+async def _firstOf(*ds: Deferred[Any]) -> None:
+    """Wait until one of C{ds} fires; raise if that one failed."""
+    first: Deferred[None] = Deferred()
+
+    def fired(value: Any) -> Any:
+        if not first.called:
+            if isinstance(value, Failure):
+                first.errback(value)
+            else:
+                first.callback(None)
+        return value
+
+    for d in ds:
+        d.addBoth(fired)
+    try:
+        await first
+    finally:
+        for d in ds:
+            d.addErrback(lambda f: None)
+
+
+class _IdleWatch:
+    """Stops the transfer if no byte arrives for C{timeout} seconds."""
+
+    def __init__(self, reactor: Any, timeout: float, body: _BodyToClient) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.body = body
+        self.fired = False
+        self.last = body.result.bytes
+        self._call = reactor.callLater(timeout, self._check)
+
+    def _check(self) -> None:
+        if self.body.result.bytes == self.last and not self.body._pausedByPipe:
+            self.fired = True
+            self._call = None
+            self.body.http.stopProducing()
+            return
+        self.last = self.body.result.bytes
+        self._call = self.reactor.callLater(self.timeout, self._check)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class AgentRoot(resource.Resource):
+    """
+    The agent's URL space: C{/snapshot} (and any other named children) and,
+    for everything else, the JSON-RPC resource (which answers unknown paths
+    with its own JSON 404).
+    """
+
+    def __init__(self, rpc: resource.Resource, children: dict[bytes, resource.Resource]) -> None:
+        super().__init__()
+        self.rpc = rpc
+        for name, child in children.items():
+            self.putChild(name, child)
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+        # Give the path segment back: the RPC resource checks it is "/".
+        request.postpath.insert(0, path)
+        request.prepath.pop()
+        return self.rpc
