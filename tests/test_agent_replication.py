@@ -19,7 +19,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
-from conpaassql.rpc.errors import Conflict, InvalidParams, Timeout, WrongState
+from conpaassql.rpc.errors import Conflict, InvalidParams, NotFound, Timeout, WrongState
 from tests.support.agent import RunningAgent, startAgent
 from tests.support.mariadb import skip_unless_mariadb
 
@@ -333,6 +333,61 @@ class SeedTests(TestCase):
         response = await treq.get(master.url + "snapshot", pool=pool)
         self.assertEqual(response.code, 401)
         await response.content()
+        response = await treq.get(master.url + "nothing-here", pool=pool)
+        self.assertEqual(response.code, 404)
+        self.assertEqual((await response.json())["error"]["code"], NotFound.code)
+
+    async def test_master_dump_fails_mid_stream(self) -> None:
+        """
+        When the master's dump fails after data was sent, the master breaks
+        the stream; the slave reports it and is left with no replica set up.
+        """
+        master, _ = await makeMaster(self)
+        await loadShop(master)
+        await insertRows(master, 2000)
+        await sql(master, "CREATE TABLE shop.zz (a INT)")
+        await sql(master, "CREATE VIEW shop.v AS SELECT a FROM shop.zz")
+        await sql(master, "DROP TABLE shop.zz")
+        slave = await startAgent(self)
+        await slave.call("set_up_replica_slave", seedParams(master, 3))
+        state = await waitSeeded(slave)
+        self.assertEqual(state["phase"], "failed")
+        self.assertIn("snapshot", state["error"])
+        self.assertGreater(state["last_setup"]["bytes"], 0)
+        self.assertEqual(await sql(slave, "SHOW SLAVE STATUS"), [])
+        self.assertIsNone(state["role"])
+        self.assertEqual((await slave.state())["state"], "RUNNING")
+        self.assertEqual(master.service.snapshots.dumps, [])
+
+    async def test_agent_stops_during_seed(self) -> None:
+        """
+        A slave agent stopped in the middle of a seed cancels it: its client
+        and the master's dump end, and nothing is left running.
+        """
+        master, _ = await makeMaster(self)
+        await loadShop(master)
+        await sql(master, "CREATE TABLE shop.big (id INT PRIMARY KEY, pad TEXT)")
+        await sql(master, "INSERT INTO shop.big SELECT seq, REPEAT(MD5(seq), 60) "
+                          "FROM shop.seq_1_to_10000")
+        slave = await startAgent(self)
+        reached: Deferred[int] = Deferred()
+
+        def gate(count: int) -> Deferred[None] | None:
+            if not reached.called:
+                reached.callback(count)
+                return Deferred()
+            return None
+
+        slave.service.replication.seedGate = gate
+        await slave.call("set_up_replica_slave", seedParams(master, 2))
+        await reached
+        await slave.service.stopService()
+        for _ in range(100):
+            if not master.service.snapshots.dumps:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(master.service.snapshots.dumps, [])
+        self.assertEqual(master.service.snapshots.active, 0)
 
     async def test_wrong_password_fails_cleanly(self) -> None:
         master, _ = await makeMaster(self)

@@ -26,6 +26,7 @@ never logged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -33,12 +34,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pymysql
+from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
-from treq.client import HTTPClient
 
 from conpaassql.agent import mycnf
 from conpaassql.agent.db import DATABASE, HOST
@@ -120,7 +121,7 @@ class Replication(Service):
         self.lastOperation: dict[str, Any] | None = None
         self._task: Deferred[None] | None = None
         self._pool: HTTPConnectionPool | None = None
-        self.http: HTTPClient | None = None
+        self.http: Any = None
         #: Test hook for the seed transfer (see L{streamSnapshot}'s C{gate}).
         self.seedGate: Callable[[int], Awaitable[None] | None] | None = None
 
@@ -129,9 +130,8 @@ class Replication(Service):
     def startService(self) -> None:
         super().startService()
         self._pool = HTTPConnectionPool(self.reactor, persistent=False)
-        self.http = HTTPClient(
-            Agent(self.reactor, pool=self._pool, connectTimeout=self.connectTimeout)
-        )
+        agent: Any = Agent(self.reactor, pool=self._pool, connectTimeout=self.connectTimeout)
+        self.http = HTTPClient(agent)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -140,10 +140,8 @@ class Replication(Service):
     async def _stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(Exception):  # the seed records its own end
                 await self._task
-            except Exception:  # noqa: BLE001 - cancelled on the way down
-                pass
         if self._pool is not None:
             await self._pool.closeCachedConnections()
 
@@ -523,6 +521,8 @@ class Replication(Service):
         dialect = self.dialect()
         try:
             await self._exec(dialect.stopReplica(), dialect.resetReplica())
+        except WrongState:
+            log.info("the server is not running; replica configuration not reset")
         except Exception:  # noqa: BLE001 - best effort, logged
             log.failure("could not reset the replica configuration after a failed set-up")
         if previous.get("role") == SLAVE:
@@ -593,9 +593,8 @@ class Replication(Service):
             return result.gtid
 
         try:
-            await self._setUpSlave(host, port, serverId, user, password, seed=seed)
-        except Exception:  # noqa: BLE001 - reported in the operation's error
-            pass
+            with contextlib.suppress(Exception):  # recorded in op["error"] and logged
+                await self._setUpSlave(host, port, serverId, user, password, seed=seed)
         finally:
             op["ended"] = time.time()
             self.lastOperation, self.operation = op, None

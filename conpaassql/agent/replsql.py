@@ -100,7 +100,7 @@ def isQuotedLiteral(literal: str) -> bool:
     produces it (every C{'} and C{\\} inside escaped with C{\\}), so that
     it cannot end early and inject anything.
     """
-    return re.fullmatch(r"'(?:[^'\\]|\\.)*'", literal, re.S) is not None
+    return re.fullmatch(r"'(?:[^'\\]|\\.)*'", literal, re.DOTALL) is not None
 
 
 def _version(text: str | None) -> tuple[int, int, int]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from treq.client import HTTPClient
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -39,8 +40,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from twisted.web._newclient import ResponseDone
+from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET
-from treq.client import HTTPClient
 from zope.interface import implementer
 
 from conpaassql.agent.db import DATABASE, PROTECTED_USERS
@@ -62,19 +63,24 @@ log = Logger()
 TRAILER = b"-- conpaassql snapshot complete: "
 _TRAILER_LINE = re.compile(rb"\n-- conpaassql snapshot complete: ([0-9]+) bytes\n\Z")
 _GTID_LINES = (
-    re.compile(rb"^-- SET GLOBAL gtid_slave_pos='([0-9,\-]*)';$", re.M),
-    re.compile(rb"^/\* SET @@GLOBAL\.GTID_PURGED=(?:/\*!80000 '\+'\*/ )?'([^']*)'", re.M),
+    re.compile(rb"^-- SET GLOBAL gtid_slave_pos='([0-9,\-]*)';$", re.MULTILINE),
+    re.compile(rb"^(?:/\* )?SET @@GLOBAL\.GTID_PURGED=(?:/\*!80000 '\+'\*/ )?'([^']*)'", re.MULTILINE),
 )
 _BINLOG_LINE = re.compile(
     rb"^-- CHANGE (?:MASTER|REPLICATION SOURCE) TO (?:MASTER|SOURCE)_LOG_FILE='([^']{1,255})', "
     rb"(?:MASTER|SOURCE)_LOG_POS=([0-9]{1,20});$",
-    re.M,
+    re.MULTILINE,
 )
 _KEEP = 512
 _STDERR_KEEP = 16 * 1024
 
 #: Schemas never copied: the server's own.
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+
+
+def _abort(request: Any) -> None:
+    """End the response without its final chunk: the client sees it broke."""
+    request.channel.transport.abortConnection()
 
 
 def _errorBody(error: RPCError) -> bytes:
@@ -131,6 +137,8 @@ class _DumpToRequest(ProcessProtocol):
     The dump program, its standard output written to an HTTP request, the
     request's backpressure pausing the program.
     """
+
+    transport: Any
 
     def __init__(self, request: server.Request, source: SnapshotSource) -> None:
         self.request = request
@@ -216,7 +224,7 @@ class SnapshotResource(resource.Resource):
             return
         if request.startedWriting:
             log.failure("snapshot stream failed", failure)
-            request.transport.abortConnection()
+            _abort(request)
             return
         if failure.check(RPCError):
             error: RPCError = failure.value
@@ -289,7 +297,7 @@ class SnapshotResource(resource.Resource):
         if code != 0:
             text = proto.stderr.decode("utf-8", "replace").strip()[-500:]
             log.error("snapshot dump failed ({code}): {text}", code=code, text=text)
-            request.transport.abortConnection()
+            _abort(request)
             return
         request.write(TRAILER + f"{proto.bytes} bytes\n".encode())
         request.finish()
@@ -342,6 +350,8 @@ class _BodyToClient(Protocol):
     An HTTP response body fed to a client process's stdin; the process's
     pipe pauses and resumes the HTTP transport.
     """
+
+    transport: Any
 
     def __init__(self, client: _LoaderProtocol, scanner: _Scanner, result: SeedResult,
                  gate: Callable[[int], Awaitable[None] | None] | None) -> None:
@@ -400,6 +410,8 @@ async def _await(awaitable: Awaitable[None]) -> None:
 
 
 class _LoaderProtocol(ProcessProtocol):
+    transport: Any
+
     def __init__(self) -> None:
         self.stderr = bytearray()
         self.ended: Deferred[int] = Deferred()
@@ -467,7 +479,7 @@ async def streamSnapshot(
     try:
         response = await client.get(
             target,
-            headers={"Authorization": [f"Bearer {token}"]},
+            headers=Headers({b"Authorization": [f"Bearer {token}".encode()]}),
             unbuffered=True,
             timeout=connectTimeout,
         )
@@ -587,13 +599,13 @@ class AgentRoot(resource.Resource):
     with its own JSON 404).
     """
 
-    def __init__(self, rpc: resource.Resource, children: dict[bytes, resource.Resource]) -> None:
+    def __init__(self, rpc: Any, children: dict[bytes, Any]) -> None:
         super().__init__()
         self.rpc = rpc
         for name, child in children.items():
             self.putChild(name, child)
 
-    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+    def getChild(self, path: bytes, request: Any) -> Any:
         # Give the path segment back: the RPC resource checks it is "/".
         request.postpath.insert(0, path)
         request.prepath.pop()

@@ -8,7 +8,7 @@ database server are set up when the service starts.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -131,7 +131,7 @@ class AgentService(service.MultiService):
         self.snapshots = SnapshotSource(api._database, server, self.reactor)
         snapshots = SnapshotResource(self.snapshots, auth)
         site = makeSite(
-            AgentRoot(RPCResource(dispatcher, auth), {b"snapshot": snapshots}),
+            cast(Any, AgentRoot(RPCResource(dispatcher, auth), {b"snapshot": snapshots})),
             maxUpload=self.maxUpload,
             uploadDir=uploads,
         )
