@@ -10,14 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import pymysql
-import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
-from twisted.web.client import HTTPConnectionPool
 
 from conpaassql.rpc.errors import Conflict, InvalidParams, NotFound, Timeout, WrongState
 from tests.support.agent import RunningAgent, startAgent
@@ -329,11 +327,10 @@ class SeedTests(TestCase):
         state = await waitSeeded(slave)
         self.assertIn("wrong API token", state["error"])
         self.assertEqual(await sql(slave, "SHOW SLAVE STATUS"), [])
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        response = await treq.get(master.url + "snapshot", pool=pool)
+        response = await master.http.get(master.url + "snapshot")
         self.assertEqual(response.code, 401)
         await response.content()
-        response = await treq.get(master.url + "nothing-here", pool=pool)
+        response = await master.http.get(master.url + "nothing-here")
         self.assertEqual(response.code, 404)
         self.assertEqual((await response.json())["error"]["code"], NotFound.code)
 

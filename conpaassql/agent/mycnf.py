@@ -527,7 +527,6 @@ WHITELIST: Mapping[str, OptionSpec] = {
         _spec("log_slave_updates", "0, 1, ON or OFF", _boolean, boolean=True),
         _spec("relay_log", "relay log base name", _basename),
         _spec("gtid_strict_mode", "0, 1, ON or OFF", _boolean, boolean=True),
-        _spec("skip_slave_start", "0, 1, ON or OFF", _boolean, boolean=True),
         _spec("super_read_only", "0, 1, ON or OFF", _boolean, boolean=True),
         _spec(
             "gtid_mode",
