@@ -617,7 +617,6 @@ class Replication(Service):
     @method()
     async def get_replication_status(self, params: Params) -> dict[str, Any]:
         """Role, set-up phase and bytes, replica threads, lag, errors, GTID positions."""
-        self._database()
         return {"return": await self.status()}
 
     @method()
