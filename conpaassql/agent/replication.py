@@ -80,6 +80,15 @@ def _scrub(message: str, *secrets: str) -> str:
     return message
 
 
+def _phase(op: dict[str, Any], name: str) -> None:
+    """Move a set-up to its next phase, noting how long the last one took."""
+    now = time.time()
+    since = op.get("phase_started", op["started"])
+    op.setdefault("phase_seconds", {})[op["phase"]] = round(now - since, 3)
+    op["phase"] = name
+    op["phase_started"] = now
+
+
 class Replication(Service):
     """
     The node's replication role and the operations on it.
@@ -274,7 +283,8 @@ class Replication(Service):
 
     def _describe(self, op: dict[str, Any]) -> dict[str, Any]:
         end = op.get("ended") or time.time()
-        d = {k: v for k, v in op.items() if k not in ("started", "ended", "transfer")}
+        d = {k: v for k, v in op.items()
+             if k not in ("started", "ended", "transfer", "phase_started")}
         if "transfer" in op:
             d["bytes"] = op["transfer"].bytes
         d["seconds"] = round(end - op["started"], 3)
@@ -496,22 +506,22 @@ class Replication(Service):
             await self._applyOptions("set_up_replica_slave", options)
             if seed is not None:
                 await self._exec(dialect.resetBinlog())
-                op["phase"] = "copying"
+                _phase(op, "copying")
                 gtid = await seed()
-            op["phase"] = "starting"
+            _phase(op, "starting")
             await self._changeSource(host, port, user, password, logFile, logPos, gtid,
                                      seed is not None)
             await self._exec(dialect.startReplica())
             await self._waitRunning()
         except BaseException as e:
-            op["phase"] = "failed"
+            _phase(op, "failed")
             op["error"] = _scrub(e.message if isinstance(e, RPCError) else str(e), password)
             log.error("replica set-up failed: {error}", error=op["error"])
             await self._undo(previous)
             if isinstance(e, RPCError):
                 raise type(e)(op["error"], e.data) from None
             raise
-        op["phase"] = "replicating"
+        _phase(op, "replicating")
         self._save(role=SLAVE, server_id=serverId, master_host=host, master_port=port,
                    repl_user=user)
         log.info("replicating from {host}:{port} (server_id {sid})", host=host, port=port,

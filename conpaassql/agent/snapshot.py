@@ -22,7 +22,9 @@ replication coordinates (GTID position, binary log file and position).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import signal
 import time
@@ -32,6 +34,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from treq.client import HTTPClient
+from twisted.internet import abstract, fdesc, main
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -148,18 +151,36 @@ class _DumpToRequest(ProcessProtocol):
         self.ended: Deferred[int] = Deferred()
         self.clientGone = False
         self.paused = False
+        self.reader: _PipeReader | None = None
+
+    def spawn(self, argv: list[str], env: dict[str, str]) -> None:
+        """Run the dump, its standard output on a pipe of our own (see L{_PipeReader})."""
+        readEnd, writeEnd = os.pipe()
+        _growPipe(readEnd)
+        self.reader = _PipeReader(self.source.reactor, readEnd, self.dumpData)
+        try:
+            self.source.reactor.spawnProcess(self, argv[0], argv, env=env,
+                                             childFDs={0: "w", 1: writeEnd, 2: "r"})
+        except BaseException:
+            self.reader.close()
+            raise
+        finally:
+            os.close(writeEnd)
+        self.transport.closeStdin()
+        if not self.paused:
+            self.reader.startReading()
 
     # IPushProducer, for the request.
 
     def pauseProducing(self) -> None:
         self.paused = True
-        if self.transport is not None:
-            self.transport.pauseProducing()
+        if self.reader is not None:
+            self.reader.stopReading()
 
     def resumeProducing(self) -> None:
         self.paused = False
-        if self.transport is not None:
-            self.transport.resumeProducing()
+        if self.reader is not None and not self.reader.disconnected:
+            self.reader.startReading()
 
     def stopProducing(self) -> None:
         self.clientGone = True
@@ -168,14 +189,19 @@ class _DumpToRequest(ProcessProtocol):
                 self.transport.signalProcess("KILL")
             except ierror.ProcessExitedAlready:
                 pass
+        if self.reader is not None:
+            self.reader.close()
 
-    # ProcessProtocol.
-
-    def outReceived(self, data: bytes) -> None:
+    def dumpData(self, data: bytes) -> None:
         if self.clientGone:
             return
         self.bytes += len(data)
         self.request.write(data)
+
+    # ProcessProtocol.
+
+    def outReceived(self, data: bytes) -> None:
+        pass
 
     def errReceived(self, data: bytes) -> None:
         self.stderr += data
@@ -187,6 +213,65 @@ class _DumpToRequest(ProcessProtocol):
         if reason.check(ierror.ProcessTerminated):
             code = reason.value.exitCode if reason.value.exitCode is not None else -1
         self.ended.callback(code)
+
+
+#: Bytes read from the dump's pipe at a time (Twisted's process pipes read 8 KB).
+READ_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+
+def _growPipe(fd: int, size: int = READ_SIZE) -> None:
+    """Let a pipe hold C{size} bytes (Linux), so fewer, larger reads and writes."""
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+    except OSError:
+        pass
+
+
+class _PipeReader(abstract.FileDescriptor):
+    """
+    The read end of a child's output pipe, read in blocks of L{READ_SIZE}.
+    C{done} fires at end of file (or when closed).
+    """
+
+    def __init__(self, reactor: Any, fd: int, dataReceived: Callable[[bytes], None]) -> None:
+        super().__init__(reactor)
+        self._fd = fd
+        fdesc.setNonBlocking(fd)
+        self._dataReceived = dataReceived
+        self.done: Deferred[None] = Deferred()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> Any:
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except BlockingIOError:
+            return None
+        except InterruptedError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self._dataReceived(data)
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        if not self.done.called:
+            self.done.callback(None)
+
+    def close(self) -> None:
+        """Stop reading now (the other end may never close)."""
+        if not self.disconnected:
+            self.stopReading()
+            self.connectionLost(Failure(ierror.ConnectionDone()))
 
 
 class SnapshotResource(resource.Resource):
@@ -284,10 +369,12 @@ class SnapshotResource(resource.Resource):
         request.notifyFinish().addErrback(lambda _: proto.stopProducing())
         started = time.monotonic()
         log.info("snapshot for {peer} started", peer=getattr(request.getClientAddress(), "host", "?"))
-        source.reactor.spawnProcess(proto, dump, argv, env=source.server.child_environment())
+        proto.spawn(argv, source.server.child_environment())
         source.dumps.append(proto)
         try:
             code = await proto.ended
+            assert proto.reader is not None
+            await proto.reader.done
         finally:
             source.dumps.remove(proto)
         if request._disconnected or proto.clientGone:
@@ -493,6 +580,7 @@ async def streamSnapshot(
     scanner = _Scanner(result)
     body = _BodyToClient(loader, scanner, result, gate)
     reactor.spawnProcess(loader, argv[0], argv, env=env)
+    _growPipe(loader.transport.pipes[0].fileno())
     loader.transport.registerProducer(body, True)
     idle = _IdleWatch(reactor, idleTimeout, body)
     response.deliverBody(body)
