@@ -199,6 +199,11 @@ class SeedTests(TestCase):
         await insertRows(master, 500)
         await master.call("configure_user", {"username": "app", "password": "app-pw",
                                              "databases": ["shop"]})
+        await sql(master, "CREATE ROLE auditor")
+        await sql(master, "GRANT SELECT ON shop.audit TO auditor")
+        await sql(master, "GRANT auditor TO app@'%'")
+        await sql(master, "CREATE DATABASE other")
+        await sql(master, "CREATE TABLE other.t (a INT PRIMARY KEY)")
         slaves = [await startAgent(self), await startAgent(self)]
         for n, slave in enumerate(slaves):
             started = await slave.call("set_up_replica_slave", seedParams(master, 10 + n))
@@ -220,6 +225,13 @@ class SeedTests(TestCase):
             self.assertEqual((await sql(slave, "SELECT COUNT(*) FROM shop.items"))[0][0], 500)
             self.assertEqual((await sql(slave, "SELECT shop.double_it(21)"))[0][0], 42)
             self.assertEqual((await sql(slave, "SELECT COUNT(*) FROM shop.audit"))[0][0], 500)
+            self.assertEqual(await sql(slave, "SHOW GRANTS FOR auditor"),
+                             await sql(master, "SHOW GRANTS FOR auditor"))
+            self.assertEqual(await sql(slave, "SHOW GRANTS FOR app@'%'"),
+                             await sql(master, "SHOW GRANTS FOR app@'%'"))
+            self.assertEqual(await sql(slave, "SHOW TABLES FROM other"), [("t",)])
+            # The slave keeps its own root account.
+            self.assertEqual((await sql(slave, "SELECT CURRENT_USER()"))[0][0], "root@localhost")
 
         await insertRows(master, 10000, start=1000)
         await sql(master, "UPDATE shop.items SET note = REPEAT('x', id % 100) WHERE id % 3 = 0")
@@ -313,6 +325,8 @@ class SeedTests(TestCase):
         self.assertNotIn("io_running", state)
         self.assertEqual((await slave.state())["state"], "RUNNING")
         self.assertEqual(await sql(slave, "SHOW SLAVE STATUS"), [])
+        # Writable again, as it was before the set-up.
+        self.assertEqual(await sql(slave, "SELECT @@read_only"), [(0,)])
 
     async def test_seed_refused_by_master_agent(self) -> None:
         """A wrong token, or a master without a binary log, fail the seed cleanly."""
@@ -385,6 +399,21 @@ class SeedTests(TestCase):
             await deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(master.service.snapshots.dumps, [])
         self.assertEqual(master.service.snapshots.active, 0)
+
+    async def test_seed_selected_databases(self) -> None:
+        """With C{databases}, only those are copied (the accounts still are)."""
+        master, _ = await makeMaster(self)
+        await loadShop(master)
+        await sql(master, "CREATE DATABASE other")
+        slave = await startAgent(self)
+        await slave.call("set_up_replica_slave", seedParams(master, 4, databases=["shop"]))
+        state = await waitSeeded(slave)
+        self.assertNotIn("error", state)
+        self.assertEqual(await sql(slave, "SHOW DATABASES LIKE 'shop'"), [("shop",)])
+        self.assertEqual(await sql(slave, "SHOW DATABASES LIKE 'other'"), [])
+        with self.assertRaises(InvalidParams):
+            await slave.call("set_up_replica_slave",
+                             seedParams(master, 4, databases=["shop`; DROP"]))
 
     async def test_wrong_password_fails_cleanly(self) -> None:
         master, _ = await makeMaster(self)

@@ -500,6 +500,7 @@ class Replication(Service):
         assert op is not None
         dialect = self.dialect()
         previous = self.saved
+        wasReadOnly = bool(int((await self._query("SELECT @@GLOBAL.read_only"))[0][0]))
         try:
             await self._exec(dialect.stopReplica(), dialect.resetReplica())
             options = dialect.slaveOptions(serverId, self._logBin(), self._relayLog())
@@ -517,7 +518,7 @@ class Replication(Service):
             _phase(op, "failed")
             op["error"] = _scrub(e.message if isinstance(e, RPCError) else str(e), password)
             log.error("replica set-up failed: {error}", error=op["error"])
-            await self._undo(previous)
+            await self._undo(previous, wasReadOnly)
             if isinstance(e, RPCError):
                 raise type(e)(op["error"], e.data) from None
             raise
@@ -527,16 +528,31 @@ class Replication(Service):
         log.info("replicating from {host}:{port} (server_id {sid})", host=host, port=port,
                  sid=serverId)
 
-    async def _undo(self, previous: dict[str, Any]) -> None:
+    async def _undo(self, previous: dict[str, Any], wasReadOnly: bool) -> None:
+        """
+        After a failed set-up: no replica configuration, and writable again
+        if it was before; the role is no longer slave.
+        """
         dialect = self.dialect()
         try:
             await self._exec(dialect.stopReplica(), dialect.resetReplica())
+            if not wasReadOnly:
+                await self._setReadOnly(False)
         except WrongState:
             log.info("the server is not running; replica configuration not reset")
         except Exception:  # noqa: BLE001 - best effort, logged
             log.failure("could not reset the replica configuration after a failed set-up")
         if previous.get("role") == SLAVE:
             self._save()
+
+    async def _setReadOnly(self, value: bool) -> None:
+        """Read-only on or off, now and in my.cnf (no restart)."""
+        dialect = self.dialect()
+        await self._exec(*dialect.setReadOnly(value))
+        options = {"read_only": "ON" if value else "OFF"}
+        if not dialect.mariadb:
+            options["super_read_only"] = options["read_only"]
+        await self.server.set_options(options, restart=False)
 
     async def _changeSource(
         self, host: str, port: int, user: str, password: str,
@@ -657,12 +673,7 @@ class Replication(Service):
         value = params.bool("value")
         self._refuseBusy("set_read_only")
         self._database()
-        dialect = self.dialect()
-        await self._exec(*dialect.setReadOnly(value))
-        options = {"read_only": "ON" if value else "OFF"}
-        if not dialect.mariadb:
-            options["super_read_only"] = options["read_only"]
-        await self.server.set_options(options, restart=False)
+        await self._setReadOnly(value)
         return {"return": {"read_only": value}}
 
     @method(params=("gtid_pos", "timeout"))

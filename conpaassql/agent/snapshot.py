@@ -5,7 +5,7 @@ Master side: L{SnapshotResource} serves C{GET /snapshot} (same bearer token
 as the API).  The body is SQL: the master's user accounts (not the system
 ones, so a slave's own root survives), then the output of C{mariadb-dump
 --single-transaction --gtid --master-data=2 ...} for every database but the
-C{mysql} system schema, then a trailer line C{-- conpaassql snapshot
+C{mysql} system schema, then the accounts' grants, then a trailer line C{-- conpaassql snapshot
 complete: N bytes}.  The dump runs in one consistent-snapshot transaction:
 the master is neither stopped nor locked while it is copied.  The dump's
 standard output goes to the HTTP connection through a push producer, so
@@ -113,25 +113,43 @@ class SnapshotSource:
         return Dialect.fromVersion(self.server.version, self.server.flavor)
 
 
-async def accountStatements(db: Any) -> list[bytes]:
+async def accountStatements(db: Any, mariadb: bool) -> tuple[list[bytes], list[bytes]]:
     """
-    SQL that recreates the master's user accounts on a slave: every account
-    but the system ones (root, mariadb.sys, ...), each dropped first if it
-    exists, created with its password hash, and granted what it has.
+    SQL that recreates the master's user accounts (and MariaDB roles) on a
+    slave: every account but the system ones (root, mariadb.sys, ...).
+
+    @return: the statements creating them (each dropped first if it
+        exists, created with its password hash), to run before the data,
+        and their grants, to run after it (a grant on a table needs the
+        table).
     """
-    rows = await db.query("SELECT User, Host FROM mysql.user WHERE User <> '' ORDER BY User, Host")
     out: list[bytes] = []
+    grants: list[bytes] = []
+    if mariadb:
+        # MariaDB's roles: created first, since users' grants name them.
+        for (role,) in await db.query(
+            "SELECT User FROM mysql.user WHERE is_role = 'Y' ORDER BY User"
+        ):
+            if role in PROTECTED_USERS:
+                continue
+            (quoted,) = (await db.query("SELECT QUOTE(%s)", (role,)))[0]
+            out.append(f"DROP ROLE IF EXISTS {quoted};\nCREATE ROLE {quoted};\n".encode())
+            grants += [f"{g};\n".encode() for (g,) in
+                       await db.query("SHOW GRANTS FOR %s", (role,))]
+    where = " AND is_role <> 'Y'" if mariadb else ""
+    rows = await db.query(
+        f"SELECT User, Host FROM mysql.user WHERE User <> ''{where} ORDER BY User, Host"
+    )
     for user, host in rows:
         if user in PROTECTED_USERS:
             continue
         created = await db.query("SHOW CREATE USER %s@%s", (user, host))
-        grants = await db.query("SHOW GRANTS FOR %s@%s", (user, host))
         account = (await db.query("SELECT QUOTE(%s), QUOTE(%s)", (user, host)))[0]
         out.append(f"DROP USER IF EXISTS {account[0]}@{account[1]};\n".encode())
         out.append(f"{created[0][0]};\n".encode())
-        for (grant,) in grants:
-            out.append(f"{grant};\n".encode())
-    return out
+        grants += [f"{g};\n".encode() for (g,) in
+                   await db.query("SHOW GRANTS FOR %s@%s", (user, host))]
+    return out, grants
 
 
 @implementer(IPushProducer)
@@ -357,7 +375,7 @@ class SnapshotResource(resource.Resource):
             argv += ["--databases", *databases]
         else:
             argv += ["--all-databases", *(f"--ignore-database={s}" for s in SYSTEM_SCHEMAS)]
-        accounts = await accountStatements(db)
+        accounts, grants = await accountStatements(db, dialect.mariadb)
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/sql")
         request.setHeader(b"cache-control", b"no-store")
@@ -386,7 +404,9 @@ class SnapshotResource(resource.Resource):
             log.error("snapshot dump failed ({code}): {text}", code=code, text=text)
             _abort(request)
             return
-        request.write(TRAILER + f"{proto.bytes} bytes\n".encode())
+        tail = b"-- conpaassql snapshot: grants\n" + b"".join(grants)
+        request.write(tail)
+        request.write(TRAILER + f"{proto.bytes + len(tail)} bytes\n".encode())
         request.finish()
         source.served += 1
         log.info("snapshot of {n} bytes served in {s:.1f} s", n=proto.bytes,
