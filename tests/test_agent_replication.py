@@ -105,6 +105,16 @@ async def loadShop(master: RunningAgent) -> None:
                       "RETURN x * 2")
 
 
+async def bigMaster(testcase: TestCase, rows: int) -> RunningAgent:
+    """A master with the shop and C{rows} rows of about 2 kB in shop.big."""
+    master, _ = await makeMaster(testcase)
+    await loadShop(master)
+    await sql(master, "CREATE TABLE shop.big (id INT PRIMARY KEY, pad TEXT)")
+    await sql(master, f"INSERT INTO shop.big SELECT seq, REPEAT(MD5(seq), 60) "
+                      f"FROM shop.seq_1_to_{rows}")
+    return master
+
+
 def seedParams(master: RunningAgent, serverId: int, **extra: Any) -> dict[str, Any]:
     return {
         "master_agent_url": master.url,
@@ -272,11 +282,7 @@ class SeedTests(TestCase):
         master's dump is running and a write on the master succeeds at
         once; the write is not in the snapshot but arrives by replication.
         """
-        master, _ = await makeMaster(self)
-        await loadShop(master)
-        await sql(master, "CREATE TABLE shop.big (id INT PRIMARY KEY, pad TEXT)")
-        await sql(master, "INSERT INTO shop.big SELECT seq, REPEAT(MD5(seq), 60) "
-                          "FROM shop.seq_1_to_20000")
+        master = await bigMaster(self, 20000)
         slave = await startAgent(self)
         held: Deferred[None] = Deferred()
         reached: Deferred[int] = Deferred()
@@ -375,11 +381,7 @@ class SeedTests(TestCase):
         A slave agent stopped in the middle of a seed cancels it: its client
         and the master's dump end, and nothing is left running.
         """
-        master, _ = await makeMaster(self)
-        await loadShop(master)
-        await sql(master, "CREATE TABLE shop.big (id INT PRIMARY KEY, pad TEXT)")
-        await sql(master, "INSERT INTO shop.big SELECT seq, REPEAT(MD5(seq), 60) "
-                          "FROM shop.seq_1_to_10000")
+        master = await bigMaster(self, 10000)
         slave = await startAgent(self)
         reached: Deferred[int] = Deferred()
 

@@ -6,6 +6,8 @@ MySQL 8 cannot be installed here, so its dialect is tested as text only.
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -178,7 +180,7 @@ class ScannerTests(SynchronousTestCase):
         result = SeedResult()
         scanner = _Scanner(result)
         points = [0, *sorted(cuts), len(data)]
-        for a, b in zip(points, points[1:]):
+        for a, b in itertools.pairwise(points):
             result.bytes += b - a
             scanner.feed(data[a:b])
         self.assertEqual(result.gtid, "0-1-5")

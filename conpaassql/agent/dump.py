@@ -81,20 +81,18 @@ class _ChunkProducer:
         self._stopped = True
 
 
-class _ClientProtocol(ProcessProtocol):
-    def __init__(self, chunks: Iterator[bytes], progress: LoadProgress) -> None:
-        self._chunks = chunks
-        self._progress = progress
+class ChildProtocol(ProcessProtocol):
+    """
+    A client program run to completion: its standard error's end is kept
+    (C{stderr}), its standard output ignored, and C{ended} fires with its
+    exit status (-1 when killed by a signal).
+    """
+
+    transport: Any
+
+    def __init__(self) -> None:
         self.stderr = bytearray()
         self.ended: Deferred[int] = Deferred()
-
-    def connectionMade(self) -> None:
-        producer = _ChunkProducer(self._chunks, self.transport, self._progress, self._finish)
-        self.transport.registerProducer(producer, False)
-
-    def _finish(self) -> None:
-        self.transport.unregisterProducer()
-        self.transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
         pass
@@ -109,6 +107,21 @@ class _ClientProtocol(ProcessProtocol):
         if reason.check(ierror.ProcessTerminated):
             code = reason.value.exitCode if reason.value.exitCode is not None else -1
         self.ended.callback(code)
+
+
+class _ClientProtocol(ChildProtocol):
+    def __init__(self, chunks: Iterator[bytes], progress: LoadProgress) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._progress = progress
+
+    def connectionMade(self) -> None:
+        producer = _ChunkProducer(self._chunks, self.transport, self._progress, self._finish)
+        self.transport.registerProducer(producer, False)
+
+    def _finish(self) -> None:
+        self.transport.unregisterProducer()
+        self.transport.closeStdin()
 
 
 _ERROR_LINE = re.compile(r"ERROR (\d+) \(([0-9A-Z]+)\) at line (\d+)(?: in file: '[^']*')?: (.*)")

@@ -338,25 +338,20 @@ class Replication(Service):
             await self._exec(*dialect.setReadOnly(readOnly))
         return restart
 
-    def _logBin(self) -> str:
+    def _configured(self, name: str, default: str) -> str:
+        """A base name set in my.cnf (log_bin, relay_log), or C{default}."""
         path = getattr(self.server, "mycnf_path", None)
         try:
-            value = mycnf.read_mycnf(path).get("mysqld", "log_bin") if path else None
-        except OSError:
-            value = None
-        try:
-            return mycnf.validate_option("log_bin", value) if value else DEFAULT_LOG_BIN
-        except mycnf.InvalidOption:
-            return DEFAULT_LOG_BIN
+            value = mycnf.read_mycnf(path).get("mysqld", name) if path else None
+            return mycnf.validate_option(name, value) if value else default
+        except (OSError, mycnf.InvalidOption):
+            return default
+
+    def _logBin(self) -> str:
+        return self._configured("log_bin", DEFAULT_LOG_BIN)
 
     def _relayLog(self) -> str:
-        path = getattr(self.server, "mycnf_path", None)
-        try:
-            value = mycnf.read_mycnf(path).get("mysqld", "relay_log") if path else None
-        except OSError:
-            value = None
-        return value if value and mycnf.validate_option("relay_log", value) == value \
-            else DEFAULT_RELAY_LOG
+        return self._configured("relay_log", DEFAULT_RELAY_LOG)
 
     async def _ensureAccount(self, user: str, host: str, password: str) -> bool:
         """

@@ -38,7 +38,7 @@ from twisted.internet import abstract, fdesc, main
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
@@ -48,7 +48,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from conpaassql.agent.db import DATABASE, PROTECTED_USERS
-from conpaassql.agent.dump import clientError
+from conpaassql.agent.dump import ChildProtocol, clientError
 from conpaassql.agent.replsql import Dialect
 from conpaassql.rpc.dispatch import encode
 from conpaassql.rpc.errors import (
@@ -75,7 +75,6 @@ _BINLOG_LINE = re.compile(
     re.MULTILINE,
 )
 _KEEP = 512
-_STDERR_KEEP = 16 * 1024
 
 #: Schemas never copied: the server's own.
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
@@ -153,20 +152,17 @@ async def accountStatements(db: Any, mariadb: bool) -> tuple[list[bytes], list[b
 
 
 @implementer(IPushProducer)
-class _DumpToRequest(ProcessProtocol):
+class _DumpToRequest(ChildProtocol):
     """
     The dump program, its standard output written to an HTTP request, the
     request's backpressure pausing the program.
     """
 
-    transport: Any
-
     def __init__(self, request: server.Request, source: SnapshotSource) -> None:
+        super().__init__()
         self.request = request
         self.source = source
         self.bytes = 0
-        self.stderr = bytearray()
-        self.ended: Deferred[int] = Deferred()
         self.clientGone = False
         self.paused = False
         self.reader: _PipeReader | None = None
@@ -216,21 +212,6 @@ class _DumpToRequest(ProcessProtocol):
         self.bytes += len(data)
         self.request.write(data)
 
-    # ProcessProtocol.
-
-    def outReceived(self, data: bytes) -> None:
-        pass
-
-    def errReceived(self, data: bytes) -> None:
-        self.stderr += data
-        if len(self.stderr) > _STDERR_KEEP:
-            del self.stderr[: len(self.stderr) - _STDERR_KEEP]
-
-    def processEnded(self, reason: Failure) -> None:
-        code = 0
-        if reason.check(ierror.ProcessTerminated):
-            code = reason.value.exitCode if reason.value.exitCode is not None else -1
-        self.ended.callback(code)
 
 
 #: Bytes read from the dump's pipe at a time (Twisted's process pipes read 8 KB).
@@ -516,27 +497,7 @@ async def _await(awaitable: Awaitable[None]) -> None:
     await awaitable
 
 
-class _LoaderProtocol(ProcessProtocol):
-    transport: Any
-
-    def __init__(self) -> None:
-        self.stderr = bytearray()
-        self.ended: Deferred[int] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        pass
-
-    def errReceived(self, data: bytes) -> None:
-        self.stderr += data
-        if len(self.stderr) > _STDERR_KEEP:
-            del self.stderr[: len(self.stderr) - _STDERR_KEEP]
-
-    def processEnded(self, reason: Failure) -> None:
-        code = 0
-        if reason.check(ierror.ProcessTerminated):
-            code = reason.value.exitCode if reason.value.exitCode is not None else -1
-        self.ended.callback(code)
-
+class _LoaderProtocol(ChildProtocol):
     def kill(self) -> None:
         if self.transport is not None and not self.ended.called:
             try:
