@@ -17,7 +17,14 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from conpaassql.rpc.errors import Conflict, InvalidParams, NotFound, Timeout, WrongState
+from conpaassql.rpc.errors import (
+    Conflict,
+    InvalidParams,
+    NotFound,
+    OperationFailed,
+    Timeout,
+    WrongState,
+)
 from tests.support.agent import RunningAgent, startAgent
 from tests.support.mariadb import skip_unless_mariadb
 
@@ -457,6 +464,9 @@ class FormTests(TestCase):
         The GTID form, with a replication account whose name and password
         are full of quotes and SQL: replication works, nothing is injected.
         """
+        logged: list[str] = []
+        globalLogPublisher.addObserver(lambda event: logged.append(repr(event)))
+        self.addCleanup(globalLogPublisher.removeObserver, globalLogPublisher._observers[-1])
         user = "r.e-p_l"
         master, coords = await makeMaster(self, password=HOSTILE_PASSWORD, user=user)
         await loadShop(master)
@@ -479,6 +489,15 @@ class FormTests(TestCase):
         self.assertEqual(await checksums(slave, "shop.items"),
                          await checksums(master, "shop.items"))
         self.assertEqual((await sql(master, "SHOW DATABASES LIKE 'shop'")), [("shop",)])
+        # A wrong password fails the start; neither password reaches the log.
+        other = await startAgent(self)
+        with self.assertRaises(OperationFailed) as caught:
+            await other.call("set_up_replica_slave", {
+                **base, "slave_server_id": 7, "repl_password": "wrong'\\pw",
+                "master_gtid_pos": coords["gtid_binlog_pos"]})
+        self.assertIn("Access denied", caught.exception.message)
+        self.assertEqual(await sql(other, "SHOW SLAVE STATUS"), [])
+        self.assertFalse([line for line in logged if "p'a" in line or "wrong'" in line])
 
     async def test_switchover(self) -> None:
         """

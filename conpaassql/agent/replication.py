@@ -37,6 +37,7 @@ import pymysql
 from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -106,6 +107,8 @@ class Replication(Service):
     #: Seconds of silence after which a snapshot transfer is abandoned.
     idleTimeout = 300.0
     connectTimeout = 30.0
+    #: Seconds the replica status may take in get_server_state.
+    statusTimeout = 10.0
 
     def __init__(
         self,
@@ -266,11 +269,20 @@ class Replication(Service):
                 out["phase"] = "failed"
         if self.server.state != "RUNNING":
             return out
-        try:
+
+        async def read() -> tuple[dict[str, Any] | None, tuple[Any, ...]]:
             slave = await self.slaveStatus()
-            gtid = (await self._query(self.dialect().gtidPositions()))[0]
+            return slave, (await self._query(self.dialect().gtidPositions()))[0]
+
+        reading = Deferred.fromCoroutine(read())
+        reading.addTimeout(self.statusTimeout, self.reactor)
+        try:
+            slave, gtid = await reading
         except RPCError as e:
             out["status_error"] = e.message
+            return out
+        except DeferredTimeoutError:
+            out["status_error"] = (f"the server did not answer within {self.statusTimeout:g} s")
             return out
         out["gtid_current_pos"] = gtid[1]
         out["gtid_binlog_pos"] = gtid[0]
