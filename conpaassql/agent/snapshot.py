@@ -47,7 +47,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from conpaassql.agent.db import DATABASE, PROTECTED_USERS
+from conpaassql.agent.db import DATABASE, PROTECTED_USERS, SYSTEM_SCHEMAS
 from conpaassql.agent.dump import ChildProtocol, clientError
 from conpaassql.agent.replsql import Dialect
 from conpaassql.rpc.dispatch import encode
@@ -75,9 +75,6 @@ _BINLOG_LINE = re.compile(
     re.MULTILINE,
 )
 _KEEP = 512
-
-#: Schemas never copied: the server's own.
-SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 
 
 def _abort(request: Any) -> None:
@@ -355,7 +352,7 @@ class SnapshotResource(resource.Resource):
         if databases:
             argv += ["--databases", *databases]
         else:
-            argv += ["--all-databases", *(f"--ignore-database={s}" for s in SYSTEM_SCHEMAS)]
+            argv += ["--all-databases", *(f"--ignore-database={s}" for s in sorted(SYSTEM_SCHEMAS))]
         accounts, grants = await accountStatements(db, dialect.mariadb)
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/sql")
