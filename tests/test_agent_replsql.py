@@ -19,7 +19,7 @@ from conpaassql.agent.replsql import (
     checkReplUser,
     isQuotedLiteral,
 )
-from conpaassql.agent.snapshot import TRAILER, SeedResult, _Scanner
+from conpaassql.agent.snapshot import SeedResult, _Scanner, dumpCoordinates, trailer
 from conpaassql.rpc.errors import InvalidParams
 
 MARIADB = Dialect.fromVersion("10.11.6-MariaDB-0+deb12u1-log")
@@ -170,12 +170,27 @@ DUMP = (
 
 
 def _stream() -> bytes:
-    return DUMP + TRAILER + f"{len(DUMP)} bytes\n".encode()
+    return DUMP + trailer(len(DUMP), dumpCoordinates(DUMP[:100], DUMP[-300:]))
 
 
 class ScannerTests(SynchronousTestCase):
+    def test_dump_coordinates(self) -> None:
+        found = dumpCoordinates(DUMP[:300], DUMP[-300:])
+        self.assertEqual((found.gtid, found.logFile, found.logPos),
+                         ("0-1-5", "mysql-bin.000001", 1136))
+        mysql = dumpCoordinates(
+            b"SET @@SESSION.SQL_LOG_BIN= 0;\n/* SET @@GLOBAL.GTID_PURGED=/*!80000 '+'*/ "
+            b"'3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,\n"
+            b"4e11fa47-71ca-11e1-9e33-c80aa9429562:1-2'; */\n"
+            b"-- CHANGE REPLICATION SOURCE TO SOURCE_LOG_FILE='binlog.000002', "
+            b"SOURCE_LOG_POS=157;\n", b"")
+        self.assertEqual(mysql.gtid, "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,"
+                                     "4e11fa47-71ca-11e1-9e33-c80aa9429562:1-2")
+        self.assertEqual((mysql.logFile, mysql.logPos), ("binlog.000002", 157))
+        self.assertIsNone(dumpCoordinates(b"-- nothing\n", b"").gtid)
+
     @given(st.lists(st.integers(min_value=0, max_value=len(_stream())), max_size=12))
-    def test_coordinates_across_chunks(self, cuts: list[int]) -> None:
+    def test_trailer_across_chunks(self, cuts: list[int]) -> None:
         data = _stream()
         result = SeedResult()
         scanner = _Scanner(result)
@@ -183,14 +198,22 @@ class ScannerTests(SynchronousTestCase):
         for a, b in itertools.pairwise(points):
             result.bytes += b - a
             scanner.feed(data[a:b])
+        self.assertTrue(scanner.finish())
         self.assertEqual(result.gtid, "0-1-5")
         self.assertEqual(result.logFile, "mysql-bin.000001")
         self.assertEqual(result.logPos, 1136)
-        self.assertTrue(scanner.complete())
 
     def test_incomplete(self) -> None:
-        for data in (DUMP, DUMP + TRAILER + b"5 bytes\n", _stream()[:-3]):
+        for data in (DUMP, DUMP + trailer(5, SeedResult(gtid="0-1-5")), _stream()[:-3]):
             result = SeedResult(bytes=len(data))
             scanner = _Scanner(result)
             scanner.feed(data)
-            self.assertFalse(scanner.complete(), data[-40:])
+            self.assertFalse(scanner.finish(), data[-40:])
+
+    def test_master_failure_reason(self) -> None:
+        result = SeedResult()
+        scanner = _Scanner(result)
+        scanner.feed(DUMP[:200])
+        scanner.feed(b"\n-- conpaassql snapshot failed: Couldn't execute 'SHOW FIELDS'\n")
+        self.assertFalse(scanner.finish())
+        self.assertEqual(result.failure, "Couldn't execute 'SHOW FIELDS'")

@@ -406,20 +406,21 @@ class Replication(Service):
         host = params.str("repl_host", "%", pattern=HOST, what="a host or pattern")
         self._refuseBusy("set_up_replica_master")
         self._database()
-        if await self.slaveStatus() is not None:
-            raise WrongState("this node is a replication slave; call promote to make it the "
-                             "master")
-        if self.role == MASTER:
-            if self.saved.get("server_id") != serverId:
-                raise Conflict(
-                    f"this node is already a master with server_id {self.saved.get('server_id')}",
-                    {"server_id": self.saved.get("server_id")},
-                )
-            coords = await self.coordinates()
-            return {"return": {"role": MASTER, "changed": False,
-                               "message": "already the master; nothing changed", **coords}}
         self.operation = {"kind": "master", "phase": "configuring", "started": time.time()}
         try:
+            if await self.slaveStatus() is not None:
+                raise WrongState("this node is a replication slave; call promote to make it "
+                                 "the master")
+            if self.role == MASTER:
+                if self.saved.get("server_id") != serverId:
+                    raise Conflict(
+                        "this node is already a master with server_id "
+                        f"{self.saved.get('server_id')}",
+                        {"server_id": self.saved.get("server_id")},
+                    )
+                coords = await self.coordinates()
+                return {"return": {"role": MASTER, "changed": False,
+                                   "message": "already the master; nothing changed", **coords}}
             options = self.dialect().masterOptions(serverId, self._logBin())
             restarted = await self._applyOptions("set_up_replica_master", options)
             created = await self._ensureAccount(user, host, password)
@@ -507,8 +508,9 @@ class Replication(Service):
         assert op is not None
         dialect = self.dialect()
         previous = self.saved
-        wasReadOnly = bool(int((await self._query("SELECT @@GLOBAL.read_only"))[0][0]))
+        wasReadOnly: bool | None = None
         try:
+            wasReadOnly = bool(int((await self._query("SELECT @@GLOBAL.read_only"))[0][0]))
             await self._exec(dialect.stopReplica(), dialect.resetReplica())
             options = dialect.slaveOptions(serverId, self._logBin(), self._relayLog())
             await self._applyOptions("set_up_replica_slave", options)
@@ -535,7 +537,7 @@ class Replication(Service):
         log.info("replicating from {host}:{port} (server_id {sid})", host=host, port=port,
                  sid=serverId)
 
-    async def _undo(self, previous: dict[str, Any], wasReadOnly: bool) -> None:
+    async def _undo(self, previous: dict[str, Any], wasReadOnly: bool | None) -> None:
         """
         After a failed set-up: no replica configuration, and writable again
         if it was before; the role is no longer slave.
@@ -543,7 +545,7 @@ class Replication(Service):
         dialect = self.dialect()
         try:
             await self._exec(dialect.stopReplica(), dialect.resetReplica())
-            if not wasReadOnly:
+            if wasReadOnly is False:
                 await self._setReadOnly(False)
         except WrongState:
             log.info("the server is not running; replica configuration not reset")
@@ -709,15 +711,16 @@ class Replication(Service):
         self._refuseBusy("promote")
         self._database()
         dialect = self.dialect()
-        wasSlave = await self.slaveStatus() is not None
-        if not wasSlave and self.role == MASTER:
-            return {"return": {"role": MASTER, "changed": False,
-                               "message": "already the master", **await self.coordinates()}}
-        if not wasSlave:
-            raise WrongState("this node is not a replication slave; use set_up_replica_master")
-        serverId = int((await self._query("SELECT @@GLOBAL.server_id"))[0][0])
         self.operation = {"kind": "promote", "phase": "configuring", "started": time.time()}
         try:
+            wasSlave = await self.slaveStatus() is not None
+            if not wasSlave and self.role == MASTER:
+                return {"return": {"role": MASTER, "changed": False,
+                                   "message": "already the master", **await self.coordinates()}}
+            if not wasSlave:
+                raise WrongState(
+                    "this node is not a replication slave; use set_up_replica_master")
+            serverId = int((await self._query("SELECT @@GLOBAL.server_id"))[0][0])
             await self._exec(dialect.stopReplica(), dialect.resetReplica())
             await self._applyOptions("promote", dialect.masterOptions(serverId, self._logBin()))
             self._save(role=MASTER, server_id=serverId,

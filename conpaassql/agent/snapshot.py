@@ -64,7 +64,12 @@ from conpaassql.rpc.resource import TokenAuth
 log = Logger()
 
 TRAILER = b"-- conpaassql snapshot complete: "
-_TRAILER_LINE = re.compile(rb"\n-- conpaassql snapshot complete: ([0-9]+) bytes\n\Z")
+FAILED = b"\n-- conpaassql snapshot failed: "
+_FAILED_LINE = re.compile(rb"^-- conpaassql snapshot failed: ([^\n]*)$", re.MULTILINE)
+_TRAILER_LINE = re.compile(
+    rb"\n-- conpaassql snapshot complete: ([0-9]+) bytes; gtid='([0-9A-Za-z:,\-]*)'; "
+    rb"binlog='([^'\n]{0,255})':([0-9]{0,20})\n\Z"
+)
 _GTID_LINES = (
     re.compile(rb"^-- SET GLOBAL gtid_slave_pos='([0-9,\-]*)';$", re.MULTILINE),
     re.compile(rb"^(?:/\* )?SET @@GLOBAL\.GTID_PURGED=(?:/\*!80000 '\+'\*/ )?'([^']*)'", re.MULTILINE),
@@ -74,7 +79,11 @@ _BINLOG_LINE = re.compile(
     rb"(?:MASTER|SOURCE)_LOG_POS=([0-9]{1,20});$",
     re.MULTILINE,
 )
-_KEEP = 512
+#: Bytes of the dump's beginning and end kept to read its coordinates from
+#: (MariaDB writes the binlog position at the start and the GTID position at
+#: the end; MySQL both at the start), and of the stream's end on the slave.
+_HEAD = 64 * 1024
+_KEEP = 4096
 
 
 def _abort(request: Any) -> None:
@@ -163,6 +172,8 @@ class _DumpToRequest(ChildProtocol):
         self.clientGone = False
         self.paused = False
         self.reader: _PipeReader | None = None
+        self.head = bytearray()
+        self.tail = b""
 
     def spawn(self, argv: list[str], env: dict[str, str]) -> None:
         """Run the dump, its standard output on a pipe of our own (see L{_PipeReader})."""
@@ -207,6 +218,9 @@ class _DumpToRequest(ChildProtocol):
         if self.clientGone:
             return
         self.bytes += len(data)
+        if len(self.head) < _HEAD:
+            self.head += data[: _HEAD - len(self.head)]
+        self.tail = data[-_KEEP:] if len(data) >= _KEEP else (self.tail + data)[-_KEEP:]
         self.request.write(data)
 
 
@@ -222,6 +236,23 @@ def _growPipe(fd: int, size: int = READ_SIZE) -> None:
         fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
     except OSError:
         pass
+
+
+def _bulk(transport: Any, readSize: int = READ_SIZE) -> None:
+    """
+    Set a transport up for a bulk transfer: sends of L{READ_SIZE} and
+    reads of C{readSize} (Twisted's defaults, 128 KB sends and 64 KB reads,
+    cost many more wake-ups of the agent), its producer paused past twice
+    that.  Wrappers
+    (a L{ProtocolWrapper}, the HTTP client's body transport proxy) are
+    looked through.
+    """
+    for _ in range(4):
+        if isinstance(transport, abstract.FileDescriptor):
+            transport.SEND_LIMIT = READ_SIZE
+            transport.bufferSize = 2 * readSize
+            return
+        transport = getattr(transport, "transport", None) or getattr(transport, "_producer", None)
 
 
 class _PipeReader(abstract.FileDescriptor):
@@ -352,8 +383,10 @@ class SnapshotResource(resource.Resource):
         if databases:
             argv += ["--databases", *databases]
         else:
-            argv += ["--all-databases", *(f"--ignore-database={s}" for s in sorted(SYSTEM_SCHEMAS))]
+            argv += ["--all-databases",
+                     *(f"--ignore-database={s}" for s in sorted(SYSTEM_SCHEMAS))]
         accounts, grants = await accountStatements(db, dialect.mariadb)
+        _bulk(request.channel.transport)
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/sql")
         request.setHeader(b"cache-control", b"no-store")
@@ -364,7 +397,8 @@ class SnapshotResource(resource.Resource):
         request.registerProducer(proto, True)
         request.notifyFinish().addErrback(lambda _: proto.stopProducing())
         started = time.monotonic()
-        log.info("snapshot for {peer} started", peer=getattr(request.getClientAddress(), "host", "?"))
+        log.info("snapshot for {peer} started",
+                 peer=getattr(request.getClientAddress(), "host", "?"))
         proto.spawn(argv, source.server.child_environment())
         source.dumps.append(proto)
         try:
@@ -380,11 +414,16 @@ class SnapshotResource(resource.Resource):
         if code != 0:
             text = proto.stderr.decode("utf-8", "replace").strip()[-500:]
             log.error("snapshot dump failed ({code}): {text}", code=code, text=text)
-            _abort(request)
+            # Say why, then end the connection without the body's last
+            # chunk: the slave sees an incomplete stream, and the reason.
+            reason = " ".join(text.splitlines()[-1:])[:300] or f"exit status {code}"
+            request.write(FAILED + reason.encode("utf-8", "replace") + b"\n")
+            request.channel.transport.loseConnection()
             return
+        coordinates = dumpCoordinates(bytes(proto.head), proto.tail)
         tail = b"-- conpaassql snapshot: grants\n" + b"".join(grants)
         request.write(tail)
-        request.write(TRAILER + f"{proto.bytes + len(tail)} bytes\n".encode())
+        request.write(trailer(proto.bytes + len(tail), coordinates))
         request.finish()
         source.served += 1
         log.info("snapshot of {n} bytes served in {s:.1f} s", n=proto.bytes,
@@ -397,36 +436,69 @@ class SnapshotResource(resource.Resource):
 @dataclass
 class SeedResult:
     bytes: int = 0
+    #: The master's reason when its dump failed part way.
+    failure: str | None = None
     gtid: str | None = None
     logFile: str | None = None
     logPos: int | None = None
 
 
+def dumpCoordinates(head: bytes, tail: bytes) -> SeedResult:
+    """
+    Read the replication coordinates a dump writes as comments: the binary
+    log file and position and the GTID position.
+    """
+    result = SeedResult()
+    for text in (head, tail):
+        for pattern in _GTID_LINES:
+            for match in pattern.finditer(text):
+                result.gtid = match.group(1).decode("ascii", "replace").replace("\n", "")
+        for match in _BINLOG_LINE.finditer(text):
+            result.logFile = match.group(1).decode("utf-8", "replace")
+            result.logPos = int(match.group(2))
+    return result
+
+
+def trailer(size: int, coordinates: SeedResult) -> bytes:
+    """The stream's last line: its size before this line, and the coordinates."""
+    gtid = coordinates.gtid if coordinates.gtid is not None else "?"
+    logFile = coordinates.logFile or ""
+    logPos = "" if coordinates.logPos is None else str(coordinates.logPos)
+    return (TRAILER + f"{size} bytes; gtid='{gtid}'; binlog='{logFile}':{logPos}\n".encode())
+
+
 class _Scanner:
-    """Finds the dump's replication coordinates and its trailer in the stream."""
+    """
+    Keeps the end of the stream, where the master's trailer (completeness
+    and coordinates) or its failure line is; nothing else is looked at.
+    """
 
     def __init__(self, result: SeedResult) -> None:
         self.result = result
         self._tail = b""
 
     def feed(self, data: bytes) -> None:
-        window = self._tail + data
-        if b"-- " in window or b"GTID_PURGED" in window:
-            for pattern in _GTID_LINES:
-                for match in pattern.finditer(window):
-                    self.result.gtid = match.group(1).decode("ascii", "replace").replace("\n", "")
-            for match in _BINLOG_LINE.finditer(window):
-                self.result.logFile = match.group(1).decode("utf-8", "replace")
-                self.result.logPos = int(match.group(2))
-        self._tail = window[-_KEEP:]
+        self._tail = data[-_KEEP:] if len(data) >= _KEEP else (self._tail + data)[-_KEEP:]
 
-    def complete(self) -> bool:
-        """Whether the stream ended with the master's trailer, bytes matching."""
+    def finish(self) -> bool:
+        """
+        Read the end: the master's failure reason, or the trailer's
+        coordinates.
+
+        @return: whether the stream ended with the trailer, sizes matching.
+        """
+        for match in _FAILED_LINE.finditer(self._tail):
+            self.result.failure = match.group(1).decode("utf-8", "replace")
         match = _TRAILER_LINE.search(self._tail)
         if not match:
             return False
+        size, gtid, logFile, logPos = match.groups()
+        if gtid != b"?":
+            self.result.gtid = gtid.decode("ascii")
+        self.result.logFile = logFile.decode("utf-8", "replace") or None
+        self.result.logPos = int(logPos) if logPos else None
         trailerLength = len(match.group(0)) - 1  # without the newline before it
-        return int(match.group(1)) == self.result.bytes - trailerLength
+        return int(size) == self.result.bytes - trailerLength
 
 
 @implementer(IPushProducer)
@@ -451,6 +523,8 @@ class _BodyToClient(Protocol):
 
     def makeConnection(self, transport: Any) -> None:
         self.http = transport
+        # Socket reads allocate their whole size each time: 256 KB, not 1 MB.
+        _bulk(transport, 128 * 1024)
         self.connectionMade()
 
     # IPushProducer, for the client's stdin pipe.
@@ -559,6 +633,7 @@ async def streamSnapshot(
     body = _BodyToClient(loader, scanner, result, gate)
     reactor.spawnProcess(loader, argv[0], argv, env=env)
     _growPipe(loader.transport.pipes[0].fileno())
+    _bulk(loader.transport.pipes[0])
     loader.transport.registerProducer(body, True)
     idle = _IdleWatch(reactor, idleTimeout, body)
     response.deliverBody(body)
@@ -571,6 +646,11 @@ async def streamSnapshot(
         await loader.ended
         if idle.fired:
             raise Timeout(f"no data from the master agent for {idleTimeout:g} s") from None
+        scanner.finish()
+        if result.failure is not None:
+            raise OperationFailed(
+                f"the master's snapshot failed after {result.bytes} bytes: {result.failure}"
+            ) from None
         raise OperationFailed(
             f"the snapshot transfer broke after {result.bytes} bytes: {_describe(e)}"
         ) from None
@@ -586,7 +666,7 @@ async def streamSnapshot(
     code = await loader.ended
     if code != 0:
         _raiseClient(loader, code, result)
-    if not scanner.complete():
+    if not scanner.finish():
         raise OperationFailed(
             f"the snapshot stream ended after {result.bytes} bytes without the master's "
             "completion trailer; the master's dump failed (see the master agent's log)"
