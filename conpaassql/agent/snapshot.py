@@ -2,22 +2,26 @@
 A consistent snapshot of a master, streamed agent to agent.
 
 Master side: L{SnapshotResource} serves C{GET /snapshot} (same bearer token
-as the API).  The body is SQL: the master's user accounts (not the system
-ones, so a slave's own root survives), then the output of C{mariadb-dump
---single-transaction --gtid --master-data=2 ...} for every database but the
-C{mysql} system schema, then the accounts' grants, then a trailer line C{-- conpaassql snapshot
-complete: N bytes}.  The dump runs in one consistent-snapshot transaction:
-the master is neither stopped nor locked while it is copied.  The dump's
-standard output goes to the HTTP connection through a push producer, so
+as the API).  The body is SQL: the master's user accounts and roles (not
+the system ones, so a slave's own root survives), then the output of
+C{mariadb-dump --single-transaction --gtid --master-data=2 ...} for every
+database but the server's own schemas, then the accounts' grants, then a
+trailer line C{-- conpaassql snapshot complete: N bytes; gtid='...';
+binlog='file':pos} with the coordinates the dump wrote as comments (read by
+the master from the first and last bytes of its output).  The dump runs in
+one consistent-snapshot transaction: the master is neither stopped nor
+locked while it is copied.  The dump's standard output, read from a pipe
+in large blocks, goes to the HTTP connection through a push producer, so
 when the network (or the slave) is slow the dump process is paused rather
 than buffered; if the client goes away the dump is killed; if the dump
-fails the connection is aborted before the trailer.
+fails, the stream ends with its reason and without the trailer (and
+without the body's last chunk).
 
 Slave side: L{streamSnapshot} GETs the snapshot and pipes the body into the
 local client (C{mariadb}) through C{spawnProcess}, pausing the HTTP
 transport whenever the client's stdin pipe is full.  Nothing is held whole
-in memory or written to disk.  On the way it reads the dump's commented
-replication coordinates (GTID position, binary log file and position).
+in memory or written to disk; the data is not searched either: only the
+stream's last bytes are kept, for the trailer.
 """
 
 from __future__ import annotations
