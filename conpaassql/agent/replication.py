@@ -338,11 +338,11 @@ class Replication(Service):
 
             await self._locked(what, change)
         if not restart:
+            # The names are the dialect's own (never a caller's), the values
+            # validated; each is also a bound parameter.
             for name, value in validated.items():
                 key = mycnf.normalise_key(name)
                 if key in dialect.restartOptions() or key in ("read_only", "super_read_only"):
-                    continue
-                if key in ("log_bin",):
                     continue
                 arg: Any = int(value) if value.isdigit() else value
                 await self._query(f"SET GLOBAL {key} = %s", (arg,))
@@ -594,6 +594,7 @@ class Replication(Service):
 
     async def _waitRunning(self) -> dict[str, Any]:
         deadline = time.monotonic() + self.startTimeout
+        delay = 0.02
         while True:
             status = await self.slaveStatus()
             if status is None:
@@ -607,7 +608,8 @@ class Replication(Service):
             if time.monotonic() > deadline:
                 raise Timeout(f"the replication threads were not running after "
                               f"{self.startTimeout:g} s: {status['io_state']}")
-            await deferLater(self.reactor, 0.1, lambda: None)
+            await deferLater(self.reactor, delay, lambda: None)
+            delay = min(delay * 2, 0.5)
 
     async def _seed(self, url: str, token: str, databases: list[str] | None, host: str,
                     port: int, serverId: int, user: str, password: str) -> None:
