@@ -90,6 +90,11 @@ _HEAD = 64 * 1024
 _KEEP = 4096
 
 
+def _close(request: Any) -> None:
+    """End the connection (once written) without the body's last chunk."""
+    request.channel.transport.loseConnection()
+
+
 def _abort(request: Any) -> None:
     """End the response without its final chunk: the client sees it broke."""
     request.channel.transport.abortConnection()
@@ -178,6 +183,8 @@ class _DumpToRequest(ChildProtocol):
         self.reader: _PipeReader | None = None
         self.head = bytearray()
         self.tail = b""
+        self.pending = bytearray()
+        self._flushCall: Any = None
 
     def spawn(self, argv: list[str], env: dict[str, str]) -> None:
         """Run the dump, its standard output on a pipe of our own (see L{_PipeReader})."""
@@ -225,12 +232,30 @@ class _DumpToRequest(ChildProtocol):
         if len(self.head) < _HEAD:
             self.head += data[: _HEAD - len(self.head)]
         self.tail = data[-_KEEP:] if len(data) >= _KEEP else (self.tail + data)[-_KEEP:]
-        self.request.write(data)
+        # The dump writes in small pieces: send them in blocks (one HTTP
+        # chunk, one wake-up of the slave each), at least every FLUSH_DELAY.
+        self.pending += data
+        if len(self.pending) >= BLOCK:
+            self.flush()
+        elif self._flushCall is None:
+            self._flushCall = self.source.reactor.callLater(FLUSH_DELAY, self.flush)
 
+    def flush(self) -> None:
+        """Send what is pending."""
+        if self._flushCall is not None:
+            if self._flushCall.active():
+                self._flushCall.cancel()
+            self._flushCall = None
+        if self.pending and not self.clientGone:
+            self.request.write(bytes(self.pending))
+        self.pending.clear()
 
 
 #: Bytes read from the dump's pipe at a time (Twisted's process pipes read 8 KB).
 READ_SIZE = 1 << 20
+#: The dump's output is sent in blocks of this size, or after FLUSH_DELAY.
+BLOCK = 256 * 1024
+FLUSH_DELAY = 0.01
 _F_SETPIPE_SZ = 1031
 
 
@@ -411,6 +436,7 @@ class SnapshotResource(resource.Resource):
             await proto.reader.done
         finally:
             source.dumps.remove(proto)
+            proto.flush()
         if request._disconnected or proto.clientGone:
             log.info("snapshot client went away after {n} bytes; dump stopped", n=proto.bytes)
             return
@@ -422,7 +448,7 @@ class SnapshotResource(resource.Resource):
             # chunk: the slave sees an incomplete stream, and the reason.
             reason = " ".join(text.splitlines()[-1:])[:300] or f"exit status {code}"
             request.write(FAILED + reason.encode("utf-8", "replace") + b"\n")
-            request.channel.transport.loseConnection()
+            _close(request)
             return
         coordinates = dumpCoordinates(bytes(proto.head), proto.tail)
         tail = b"-- conpaassql snapshot: grants\n" + b"".join(grants)
@@ -491,8 +517,8 @@ class _Scanner:
 
         @return: whether the stream ended with the trailer, sizes matching.
         """
-        for match in _FAILED_LINE.finditer(self._tail):
-            self.result.failure = match.group(1).decode("utf-8", "replace")
+        for failed in _FAILED_LINE.finditer(self._tail):
+            self.result.failure = failed.group(1).decode("utf-8", "replace")
         match = _TRAILER_LINE.search(self._tail)
         if not match:
             return False
@@ -636,8 +662,12 @@ async def streamSnapshot(
     scanner = _Scanner(result)
     body = _BodyToClient(loader, scanner, result, gate)
     reactor.spawnProcess(loader, argv[0], argv, env=env)
-    _growPipe(loader.transport.pipes[0].fileno())
-    _bulk(loader.transport.pipes[0])
+    stdin = loader.transport.pipes[0]
+    _growPipe(stdin.fileno())
+    # Pause the transfer past a few blocks (not Twisted's 64 KB); the
+    # default send size is kept: a larger one makes every partial write
+    # copy the rest of the buffer.
+    stdin.bufferSize = 4 * BLOCK
     loader.transport.registerProducer(body, True)
     idle = _IdleWatch(reactor, idleTimeout, body)
     response.deliverBody(body)
