@@ -115,6 +115,16 @@ class Database:
         except pymysql.MySQLError as e:
             raise _mysqlError(e) from None
 
+    async def transact(self, interaction: Any, *args: Any) -> Any:
+        """
+        Run C{interaction(cursor, *args)} on one connection, in one
+        transaction (committed when it returns, rolled back if it raises).
+
+        @return: a Deferred firing with what it returns.
+        @raise MySQLError: the server refused a statement.
+        """
+        return await self._run(interaction, *args)
+
     async def query(self, sql: str, args: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         def run(txn: Any) -> list[tuple[Any, ...]]:
             txn.execute(sql, args)

@@ -414,4 +414,32 @@ class RPCResource(resource.Resource):
         return encode({"result": None, "error": error.toDict(), "id": None})
 
 
-__all__ = ["ConnectionTracker", "RPCResource", "TokenAuth", "makeSite", "RPCRequest", "InternalError"]
+class RPCRoot(resource.Resource):
+    """
+    A service's URL space: named children (such as the agent's
+    C{/snapshot}) and, for everything else, the JSON-RPC resource (which answers unknown paths
+    with its own JSON 404).
+    """
+
+    def __init__(self, rpc: Any, children: dict[bytes, Any]) -> None:
+        super().__init__()
+        self.rpc = rpc
+        for name, child in children.items():
+            self.putChild(name, child)
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        # Give the path segment back: the RPC resource checks it is "/".
+        request.postpath.insert(0, path)
+        request.prepath.pop()
+        return self.rpc
+
+
+__all__ = [
+    "ConnectionTracker",
+    "InternalError",
+    "RPCRequest",
+    "RPCResource",
+    "RPCRoot",
+    "TokenAuth",
+    "makeSite",
+]

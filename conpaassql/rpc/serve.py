@@ -8,7 +8,7 @@ on to a file in its state directory once it listens.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.web.resource import IResource
 
 from conpaassql.common.files import read_or_create_token, write_file_atomic
 from conpaassql.common.tls import (
@@ -28,7 +29,13 @@ from conpaassql.common.tls import (
     serverEndpoint,
 )
 from conpaassql.rpc.dispatch import Dispatcher, Introspection
-from conpaassql.rpc.resource import ConnectionTracker, RPCResource, TokenAuth, makeSite
+from conpaassql.rpc.resource import (
+    ConnectionTracker,
+    RPCResource,
+    RPCRoot,
+    TokenAuth,
+    makeSite,
+)
 
 __all__ = ["RPCServerService", "ServiceOptions", "serverTLSOptions", "serviceOptions"]
 
@@ -174,14 +181,26 @@ class RPCServerService(service.MultiService):
         log.info("API token is in {path} (mode 0600)", path=self.tokenFile)
         return token, uploads
 
-    def serve(self, providers: list[object], token: str, **siteOptions: Any) -> None:
-        """Answer the methods of C{providers} (and list_methods) on the endpoint."""
+    def serve(
+        self,
+        providers: list[object],
+        token: str,
+        *,
+        children: Mapping[bytes, IResource] | None = None,
+        **siteOptions: Any,
+    ) -> None:
+        """
+        Answer the methods of C{providers} (and list_methods) on the
+        endpoint, at C{/}; C{children} are other resources of the site, by
+        their first path segment (they do their own authentication).
+        """
         dispatcher = Dispatcher(*providers)
         dispatcher.collect(Introspection(dispatcher))
-        site = makeSite(
-            RPCResource(dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}")),
-            **siteOptions,
+        rpc: IResource = RPCResource(
+            dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}")
         )
+        root = RPCRoot(rpc, dict(children)) if children else rpc
+        site = makeSite(root, **siteOptions)
         self._connections = ConnectionTracker(site)
         Deferred.fromCoroutine(self._listenAll(self._connections))
 
