@@ -487,3 +487,67 @@ async def _true() -> bool:
 
 async def _false() -> bool:
     return False
+
+
+class ReplicationSeedTLSTests(TestCase):
+    """
+    A slave agent pulls the master agent's snapshot over mutual TLS: both
+    verified by the service CA; a master of another CA is refused.
+    """
+
+    skip = skip_unless_mariadb()
+    timeout = 600
+
+    async def startTLSAgent(self, ca: ServiceCA, name: str,
+                            manager: Any) -> Any:
+        from tests.support.agent import RunningAgent
+
+        stateDir = os.path.abspath(self.mktemp())
+        tokenFile = os.path.join(stateDir, "api-token")
+        service = AgentService(
+            stateDir, AgentConfig(), "ssl:0:interface=127.0.0.1", tokenFile, reactor=reactor,
+            stopProcess=lambda: None,
+            tls=ServerTLS(ca.issue(name, [name]), clientCA=ca.certificate),
+        )
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        port = await service.listening
+        with open(tokenFile) as f:
+            token = f.read().strip()
+        url = f"https://127.0.0.1:{port.getHost().port}/"
+        agent = RunningAgent(service, url, token)
+        await agent.client.close()
+        agent.client = RPCClient(url, token, reactor=reactor, timeout=60, tls=ClientTLS(
+            ca.certificate, hostname=name, clientCertificate=manager))
+        self.addCleanup(agent.close)
+        await agent.waitFor("RUNNING")
+        return agent
+
+    async def test_seed_over_tls(self) -> None:
+        from tests.test_agent_replication import PASSWORD, loadShop, seedParams, waitSeeded
+
+        ca = ServiceCA.create("test CA")
+        manager = ca.issue("conpaassql manager", ["localhost"])
+        master = await self.startTLSAgent(ca, "conpaassql-abcd-node-1", manager)
+        await master.call("set_up_replica_master", {"server_id": 1,
+                                                    "repl_password": PASSWORD})
+        await loadShop(master)
+        slave = await self.startTLSAgent(ca, "conpaassql-abcd-node-2", manager)
+        self.assertTrue(master.url.startswith("https://"))
+        await slave.call("set_up_replica_slave", seedParams(master, 2))
+        state = await waitSeeded(slave)
+        self.assertNotIn("error", state)
+        self.assertEqual(state["role"], "slave")
+        self.assertEqual(state["last_setup"]["phase"], "replicating")
+
+        # A node of another service (another CA) cannot seed from this master,
+        # nor is this master trusted by it.
+        other = ServiceCA.create("another CA")
+        stranger = await self.startTLSAgent(
+            other, "conpaassql-abcd-node-3", other.issue("conpaassql manager", ["localhost"]))
+        await stranger.call("set_up_replica_slave", seedParams(master, 3))
+        state = await waitSeeded(stranger)
+        self.assertEqual(state["phase"], "failed")
+        self.assertIn("cannot reach the master agent", state["error"])
+        self.assertIn("certificate verify failed", state["error"])
+        self.assertIsNone(state["role"])

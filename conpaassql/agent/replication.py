@@ -134,6 +134,9 @@ class Replication(Service):
         self._task: Deferred[None] | None = None
         self._pool: HTTPConnectionPool | None = None
         self.http: Any = None
+        #: How an https master agent is verified, and this agent's client
+        #: certificate (L{conpaassql.common.tls.PeerTLS}); set before start.
+        self.peerTLS: Any = None
         #: Test hook for the seed transfer (see L{streamSnapshot}'s C{gate}).
         self.seedGate: Callable[[int], Awaitable[None] | None] | None = None
 
@@ -142,7 +145,9 @@ class Replication(Service):
     def startService(self) -> None:
         super().startService()
         self._pool = HTTPConnectionPool(self.reactor, persistent=False)
-        agent: Any = Agent(self.reactor, pool=self._pool, connectTimeout=self.connectTimeout)
+        tls = {"contextFactory": self.peerTLS} if self.peerTLS is not None else {}
+        agent: Any = Agent(self.reactor, pool=self._pool, connectTimeout=self.connectTimeout,
+                           **tls)
         self.http = HTTPClient(agent)
 
     def stopService(self) -> Deferred[None]:

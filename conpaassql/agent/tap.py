@@ -19,7 +19,7 @@ from conpaassql.agent.config import AgentConfig, load_config
 from conpaassql.agent.mysqld import ManagedServer, ScriptServer, ServerControl
 from conpaassql.agent.replication import Replication
 from conpaassql.agent.snapshot import SnapshotResource, SnapshotSource
-from conpaassql.common.tls import ServerTLS
+from conpaassql.common.tls import PeerTLS, ServerTLS
 from conpaassql.rpc.resource import TokenAuth
 from conpaassql.rpc.serve import (
     RPCServerService,
@@ -110,6 +110,10 @@ class AgentService(RPCServerService):
             api._database, server, self.reactor, self.stateDir,
             locked=api._locked, closeDatabase=api.closeDatabase,
         )
+        if self.serverTLS is not None and self.serverTLS.clientCA is not None:
+            # A seed is pulled from the master's agent over mutual TLS too.
+            self.replication.peerTLS = PeerTLS(self.serverTLS.clientCA,
+                                               self.serverTLS.credential)
         self.replication.setServiceParent(self)
         api.replication = self.replication
         auth = TokenAuth([token], hint=f"token file {self.tokenFile}")

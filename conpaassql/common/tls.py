@@ -54,6 +54,7 @@ __all__ = [
     "CONTEXT_CERT",
     "CONTEXT_KEY",
     "ClientTLS",
+    "PeerTLS",
     "Credential",
     "ServerTLS",
     "ServiceCA",
@@ -443,6 +444,27 @@ def serverEndpoint(reactor: Any, description: str, tls: ServerTLS | None,
         wrapped = TLSMemoryBIOFactory(tls.options(), False, factory)  # type: ignore[arg-type]
         return endpoints.serverFromString(reactor, "tcp" + description[3:]), wrapped
     return endpoints.serverFromString(reactor, description), factory
+
+
+@implementer(IPolicyForHTTPS)
+class PeerTLS:
+    """
+    How an agent calls a peer agent (the slave pulls the master's snapshot):
+    the peer's certificate must be issued by the service CA (whatever its
+    name: the slave knows the master by address only, and node certificates
+    name nodes, not addresses), and the agent presents its own certificate.
+    """
+
+    def __init__(self, trustRoot: bytes, credential: Credential) -> None:
+        self._options = ServerTLS(credential, clientCA=trustRoot).options()
+
+    def __repr__(self) -> str:
+        return "PeerTLS()"
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        # CertificateOptions with verify=True checks the chain to the CA;
+        # TLSMemoryBIOFactory takes it as a context factory.
+        return self._options
 
 
 class ServiceTLS:
