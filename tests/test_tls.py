@@ -204,10 +204,11 @@ class OptionTests(SynchronousTestCase):
 
     def test_manager_config(self) -> None:
         self.assertFalse(parse_config("").useTLS)
+        self.assertFalse(parse_config("[iaas]\nDRIVER = LIBCLOUD\n").useTLS)
         self.assertTrue(parse_config("[manager]\ntls = on\n").useTLS)
-        self.assertTrue(parse_config("[iaas]\nDRIVER = LIBCLOUD\n").useTLS)
-        self.assertFalse(parse_config("[iaas]\nDRIVER = LIBCLOUD\n[manager]\ntls = off\n")
-                         .useTLS)
+        self.assertTrue(parse_config("[iaas]\nDRIVER = LIBCLOUD\n[manager]\ntls = auto\n")
+                        .useTLS)
+        self.assertFalse(parse_config("[manager]\ntls = auto\n").useTLS)
         self.assertEqual(parse_config("[manager]\ntls_names = a.example.org, 10.0.0.5\n")
                          .tls_names, ("a.example.org", "10.0.0.5"))
         self.assertIn("must be on, off or auto",
@@ -551,3 +552,66 @@ class ReplicationSeedTLSTests(TestCase):
         self.assertIn("cannot reach the master agent", state["error"])
         self.assertIn("certificate verify failed", state["error"])
         self.assertIsNone(state["role"])
+
+
+class ManagerOpenNebulaTLSTests(TestCase):
+    """
+    SLOW: a real manager with tls = on on the OpenNebula driver against the
+    simulator, which boots each VM from etc/agent-boot.sh.in: the node runs
+    with the manager calling its agent over mutual TLS.
+    """
+
+    skip = skip_unless_mariadb()
+    timeout = 400
+
+    async def test_node_over_tls(self) -> None:
+        from tests.support.onesim import PASSWORD, USER, free_port, start_simulator
+
+        sim, svc = await start_simulator(self, boot=True)
+        text = (
+            "[iaas]\nDRIVER = OPENNEBULA_XMLRPC\n"
+            f"OPENNEBULA_URL = {svc.url}\nOPENNEBULA_USER = {USER}\n"
+            f"OPENNEBULA_PASSWORD = {PASSWORD}\nOPENNEBULA_IMAGE_ID = 3\n"
+            "OPENNEBULA_NETWORK_ID = 0\nOPENNEBULA_CPU = 0.5\nOPENNEBULA_MEMORY = 512\n"
+            "[manager]\ntls = on\npoll_interval = 0.2\nprobe_timeout = 3\n"
+            f"boot_timeout = {WAIT:g}\nagent_port = {free_port()}\n"
+        )
+        stateDir = os.path.abspath(self.mktemp())
+        service = ManagerService(
+            stateDir, parse_config(text), "ssl:0:interface=127.0.0.1",
+            os.path.join(stateDir, "api-token"), reactor=reactor, stopProcess=lambda: None,
+        )
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        port = await service.listening
+        with open(os.path.join(stateDir, "api-token")) as f:
+            token = f.read().strip()
+        with open(os.path.join(stateDir, "ca.pem"), "rb") as caFile:
+            caPEM = caFile.read()
+        client = RPCClient(f"https://127.0.0.1:{port.getHost().port}/", token, reactor=reactor,
+                           timeout=60, tls=ClientTLS(caPEM))
+        self.addCleanup(client.close)
+
+        async def removeAll() -> None:
+            if service.running and service.manager and service.manager.nodes:
+                await client.call("remove_nodes", {"serviceNodeId": 1})
+                await until(lambda: not service.manager or not service.manager.nodes,
+                            "the node TERMINATED")
+
+        self.addCleanup(lambda: _deferred(removeAll()))
+        await client.call("add_nodes", {"function": "agent"})
+        await until(lambda: nodesIn(client, "RUNNING", [1]), "a RUNNING node")
+        info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
+        self.assertTrue(info["isRunningMySQL"])
+        manager = service.manager
+        assert manager is not None and sim.booter is not None
+        record = manager.nodes[1].core.record
+        url = f"https://{info['ip']}:{info['port']}/"
+        self.assertEqual(manager._address(manager.nodes[1]), url)
+        # Over plain http, the agent answers nothing.
+        await self.assertFailure(_deferred(RPCClient(
+            url.replace("https", "http"), record.token, reactor=reactor, timeout=10,
+            persistent=False).call("get_server_state")), TransportError)
+        confDir = os.path.join(sim.booter.vmDir(int(info["vm_id"])), "root", "etc", "conpaassql")
+        self.assertEqual(_mode(os.path.join(confDir, "agent-tls.key")), 0o600)
+        await removeAll()

@@ -20,7 +20,7 @@ An INI file in the original's shape, read once into a frozen dataclass::
     upload_timeout = 3600     ; seconds for one dump upload to an agent
     agent_port = 60000        ; the port agents listen on (the local driver picks its own)
     manager_url =             ; the URL nodes reach the manager at (default: the listening one)
-    tls = auto                ; on: a service CA, agents on https verified by it (mutual
+    tls = off                 ; on: a service CA, agents on https verified by it (mutual
                               ; TLS); off: plain http; auto: on except on the LOCAL driver
     tls_names =               ; more names/addresses for the manager's certificate (comma-separated)
     logfile =                 ; also write the log to this file
@@ -68,8 +68,11 @@ class ManagerConfig:
     agent_port: int = 60000
     logfile: str | None = None
     manager_url: str | None = None
-    #: "on", "off" or "auto" (see L{useTLS}).
-    tls: str = "auto"
+    #: "on", "off" or "auto" (see L{useTLS}).  Off by default, as the
+    #: original: nodes of an existing service keep the scheme they were
+    #: made with, and plain-HTTP tools (the simulator's fake agents) stay
+    #: usable; etc/manager-opennebula.cnf turns it on.
+    tls: str = "off"
     tls_names: tuple[str, ...] = ()
 
     @property
