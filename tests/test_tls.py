@@ -615,3 +615,65 @@ class ManagerOpenNebulaTLSTests(TestCase):
         confDir = os.path.join(sim.booter.vmDir(int(info["vm_id"])), "root", "etc", "conpaassql")
         self.assertEqual(_mode(os.path.join(confDir, "agent-tls.key")), 0o600)
         await removeAll()
+
+
+class LibcloudUserDataTLSTests(TestCase):
+    """
+    SLOW: the libcloud driver's user data (the boot script with the node's
+    context, TLS keys included, exported at its top), run as cloud-init would
+    (by the simulator's booter, on a loopback address): the agent listens on
+    https with the node's certificate and requires the manager's.
+    """
+
+    skip = skip_unless_mariadb()
+    timeout = 240
+
+    async def test_user_data_boots_agent_on_tls(self) -> None:
+        import random
+        from types import SimpleNamespace
+
+        from conpaassql.iaas.base import NodeSpec
+        from conpaassql.iaas.libcloud import makeDriver
+        from conpaassql.iaas.onesim import VMBooter
+        from tests.support.onesim import free_port
+        from tests.test_iaas_libcloud import TAG, NamingDummyNodeDriver, settings
+        from tests.test_iaas_opennebula import waitFor
+
+        driver = makeDriver(settings(), stateDir=self.mktemp(), reactor=reactor, serviceTag=TAG)
+        self.addCleanup(driver.close)
+        ca = ServiceCA.create("test CA")
+        tls = ServiceTLS(ca, ca.issue("conpaassql manager", ["localhost"]))
+        name = f"conpaassql-{TAG}-node-1"
+        port = free_port()
+        info = await driver.create(NodeSpec(1, name, {
+            "MANAGER_URL": "https://127.0.0.1:50000/", "NODE_ID": "1",
+            "AGENT_TOKEN": "tok-tls", "AGENT_PORT": str(port), "SERVICE_TAG": TAG,
+            **tls.nodeContext(name)}))
+        userData = NamingDummyNodeDriver.userData[info.vmId]
+        assert userData is not None
+        ip = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}.1"
+        booter = VMBooter(self.mktemp(), reactor=reactor)
+        self.addCleanup(booter.stopAll)
+        booter.boot(SimpleNamespace(id=1, ip=ip, context={  # type: ignore[arg-type]
+            "START_SCRIPT_BASE64": base64.b64encode(userData.encode()).decode(),
+            "ETH0_IP": ip}))
+        url = f"https://{ip}:{port}/"
+        client = RPCClient(url, "tok-tls", persistent=False, timeout=10,
+                           tls=tls.agentPolicy(name))
+
+        async def answers() -> bool:
+            try:
+                await client.call("get_server_state")
+            except TransportError:
+                return False
+            return True
+
+        try:
+            await waitFor(answers, "the agent over TLS", timeout=150)
+        except AssertionError:
+            with open(os.path.join(booter.vmDir(1), "boot.log"), errors="replace") as bootLog:
+                raise AssertionError(bootLog.read()[-3000:]) from None
+        await self.assertFailure(_deferred(RPCClient(
+            url, "tok-tls", persistent=False, timeout=10,
+            tls=ClientTLS(ca.certificate, hostname=name)).call("get_server_state")),
+            TransportError)
