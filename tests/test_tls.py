@@ -443,22 +443,7 @@ class BootScriptTLSTests(TestCase):
         await waitFor(address, "RUNNING")
         vm = next(v for v in await driver.list() if v.vmId == info.vmId)
         url = f"https://{vm.ip}:{port}/"
-        client = RPCClient(url, "tok-tls", persistent=False, timeout=10,
-                           tls=tls.agentPolicy(name))
-        state: dict[str, Any] = {}
-
-        async def answers() -> bool:
-            try:
-                state.update((await client.call("get_server_state"))["return"])
-            except TransportError:
-                return False
-            return True
-
-        try:
-            await waitFor(answers, "the agent over TLS", timeout=150)
-        except AssertionError:
-            with open(os.path.join(vmDir, "boot.log"), errors="replace") as bootLog:
-                raise AssertionError(bootLog.read()[-3000:]) from None
+        await _bootedAgentAnswers(url, tls.agentPolicy(name), vmDir)
         confDir = os.path.join(vmDir, "root", "etc", "conpaassql")
         for fileName in ("agent-tls.pem", "agent-tls.key", "ca.pem"):
             self.assertEqual(_mode(os.path.join(confDir, fileName)), 0o600)
@@ -480,6 +465,26 @@ class BootScriptTLSTests(TestCase):
         await driver.terminate(info.vmId)
         await waitFor(lambda: _deferred(_false()) if booter.running else _deferred(_true()),
                       "the VM's processes to end", timeout=60)
+
+
+async def _bootedAgentAnswers(url: str, policy: ClientTLS, vmDir: str) -> None:
+    """Wait until a booted VM's agent answers over TLS (the boot log if it never does)."""
+    from tests.test_iaas_opennebula import waitFor
+
+    client = RPCClient(url, "tok-tls", persistent=False, timeout=10, tls=policy)
+
+    async def answers() -> bool:
+        try:
+            await client.call("get_server_state")
+        except TransportError:
+            return False
+        return True
+
+    try:
+        await waitFor(answers, "the agent over TLS", timeout=150)
+    except AssertionError:
+        with open(os.path.join(vmDir, "boot.log"), errors="replace") as bootLog:
+            raise AssertionError(bootLog.read()[-3000:]) from None
 
 
 async def _true() -> bool:
@@ -637,7 +642,6 @@ class LibcloudUserDataTLSTests(TestCase):
         from conpaassql.iaas.onesim import VMBooter
         from tests.support.onesim import free_port
         from tests.test_iaas_libcloud import TAG, NamingDummyNodeDriver, settings
-        from tests.test_iaas_opennebula import waitFor
 
         driver = makeDriver(settings(), stateDir=self.mktemp(), reactor=reactor, serviceTag=TAG)
         self.addCleanup(driver.close)
@@ -658,21 +662,7 @@ class LibcloudUserDataTLSTests(TestCase):
             "START_SCRIPT_BASE64": base64.b64encode(userData.encode()).decode(),
             "ETH0_IP": ip}))
         url = f"https://{ip}:{port}/"
-        client = RPCClient(url, "tok-tls", persistent=False, timeout=10,
-                           tls=tls.agentPolicy(name))
-
-        async def answers() -> bool:
-            try:
-                await client.call("get_server_state")
-            except TransportError:
-                return False
-            return True
-
-        try:
-            await waitFor(answers, "the agent over TLS", timeout=150)
-        except AssertionError:
-            with open(os.path.join(booter.vmDir(1), "boot.log"), errors="replace") as bootLog:
-                raise AssertionError(bootLog.read()[-3000:]) from None
+        await _bootedAgentAnswers(url, tls.agentPolicy(name), booter.vmDir(1))
         await self.assertFailure(_deferred(RPCClient(
             url, "tok-tls", persistent=False, timeout=10,
             tls=ClientTLS(ca.certificate, hostname=name)).call("get_server_state")),

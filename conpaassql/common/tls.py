@@ -54,8 +54,8 @@ __all__ = [
     "CONTEXT_CERT",
     "CONTEXT_KEY",
     "ClientTLS",
-    "PeerTLS",
     "Credential",
+    "PeerTLS",
     "ServerTLS",
     "ServiceCA",
     "ServiceTLS",
@@ -118,6 +118,15 @@ def _sans(names: Iterable[str]) -> list[x509.GeneralName]:
     return out
 
 
+def _keyUsage(*, ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; a leaf signs and agrees keys (ECDHE)."""
+    return x509.KeyUsage(
+        digital_signature=True, key_cert_sign=ca, crl_sign=ca, key_agreement=not ca,
+        content_commitment=False, key_encipherment=False, data_encipherment=False,
+        encipher_only=False, decipher_only=False,
+    )
+
+
 class ServiceCA:
     """
     The service's certificate authority.
@@ -151,14 +160,7 @@ class ServiceCA:
             .not_valid_before(now - BACKDATE)
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_keyUsage(ca=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
             .sign(key, hashes.SHA256())
@@ -221,14 +223,7 @@ class ServiceCA:
             .not_valid_after(min(now + datetime.timedelta(days=days),
                                  self._cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=False, crl_sign=False,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_keyUsage(ca=False), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                        ExtendedKeyUsageOID.CLIENT_AUTH]),
