@@ -26,12 +26,12 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from twisted.internet import defer, task  # noqa: E402
+from twisted.internet import defer, task
 
-from conpaassql.common.tls import ClientTLS, ServerTLS, ServiceCA  # noqa: E402
-from conpaassql.rpc.client import RPCClient  # noqa: E402
-from conpaassql.rpc.dispatch import Params, method  # noqa: E402
-from conpaassql.rpc.serve import RPCServerService  # noqa: E402
+from conpaassql.common.tls import ClientTLS, ServerTLS, ServiceCA
+from conpaassql.rpc.client import RPCClient
+from conpaassql.rpc.dispatch import Params, method
+from conpaassql.rpc.serve import RPCServerService
 
 NAME = "conpaassql-bench-node-1"
 
