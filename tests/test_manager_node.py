@@ -362,6 +362,19 @@ class LifecycleTests(SynchronousTestCase):
         self.h.poll(2)
         self.assertEqual(self.h.state(nodeId), "RUNNING")
 
+    def test_silent_agents_do_not_hold_up_the_cloud_list(self) -> None:
+        self.h.agents.default = "hang"
+        [nodeId] = self.h.add()
+        lists = len(self.h.driver.callsOf("list"))
+        self.h.clock.pump([1] * 6)  # t = 6 s: the probe sent at 2 s still waits
+        self.assertEqual(len(self.h.driver.callsOf("list")) - lists, 3)
+        self.assertEqual(len(self.h.agents.hanging), 1)  # not probed again meanwhile
+        self.h.clock.pump([1] * 2)  # t = 8 s: it timed out (probe_timeout 5 s + 1)
+        self.assertIn("no answer in time", self.h.manager.nodes[nodeId].core.lastProbeError)
+        self.h.clock.pump([1] * 2)
+        self.assertEqual(len(self.h.agents.hanging), 2)
+        self.assertEqual(len(self.h.driver.callsOf("list")) - lists, 5)
+
     def test_faster_polls_while_booting(self) -> None:
         h = Harness(self, boot_poll_interval=0.5).start()
         self.addCleanup(h.stop)

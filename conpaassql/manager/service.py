@@ -15,6 +15,9 @@ clock) runs a cycle every C{poll_interval} seconds:
      create that got no answer) are created again;
   3. the agents of nodes with an address are probed (C{get_server_state})
      concurrently, at most C{probe_concurrency} at once, each with a timeout;
+     the cycle waits for them at most half the poller's interval (slower
+     probes finish in the background; their nodes are not probed again
+     meanwhile);
   4. deadlines are checked and failed terminations retried (not while
      cloud calls back off);
   5. every change is written to the registry before the cycle ends.
@@ -189,6 +192,8 @@ class Manager(service.Service):
         #: Node id -> (creates that got no answer, when to ask again).
         self._createRetry: dict[int, tuple[int, float]] = {}
         self._inflight: set[Deferred[Any]] = set()
+        #: Node ids whose agent probe is queued or under way.
+        self._probing: set[int] = set()
         self._listBackoff = 0.0
         self._listRetryAt = 0.0
         #: Why the last cloud list failed, until one succeeds.
@@ -626,12 +631,39 @@ class Manager(service.Service):
             await known[1].close()
 
     async def _probeAll(self) -> None:
-        probes = [
-            self._semaphore.run(lambda n=node: Deferred.fromCoroutine(self._probe(n)))
-            for node in list(self.nodes.values())
-            if node.state in ("BOOTING", "RUNNING") and self._address(node)
-        ]
-        await DeferredList(probes)
+        """
+        Probe the agents of the nodes with an address, C{probe_concurrency}
+        at once.  A node whose probe of an earlier cycle still waits (for its
+        turn or its answer) is not probed again.  The cycle waits for its
+        probes at most half the poller's interval: the rest go on in the
+        background, so that slow or silent agents never hold up the cloud list.
+        """
+        started = []
+        for node in list(self.nodes.values()):
+            if node.state not in ("BOOTING", "RUNNING") or node.id in self._probing \
+                    or not self._address(node):
+                continue
+            self._probing.add(node.id)
+            d = self._semaphore.run(lambda n=node: Deferred.fromCoroutine(self._probe(n)))
+            d.addBoth(self._probed, node.id)
+            started.append(self._track(d))
+        if not started:
+            return
+        enough: Deferred[None] = Deferred()
+
+        def fire(_: object = None) -> None:
+            if not enough.called:
+                enough.callback(None)
+
+        timer = self.clock.callLater(self._poller.step / 2, fire)
+        DeferredList(started).addBoth(fire)
+        await enough
+        if timer.active():
+            timer.cancel()
+
+    def _probed(self, result: _T, nodeId: int) -> _T:
+        self._probing.discard(nodeId)
+        return result
 
     async def _probe(self, node: Node) -> None:
         client = self.client(node)
