@@ -1,15 +1,42 @@
 """
-tools/bench/poll-scale: the cost of one poll cycle of the OpenNebula driver
-against a simulator holding N of the service's VMs plus N VMs of another
-user (default N = 1000), beside the naive per-VM one.vm.info polling.
+tools/bench/poll-scale: the cost of a poll cycle against the OpenNebula
+simulator holding N of the service's VMs plus N VMs of another user (default
+N = 1000), beside the naive per-VM one.vm.info polling.
 
 The simulator runs in a child process (python -m conpaassql.iaas.onesim, real
 HTTP on 127.0.0.1), so the CPU time measured here (time.process_time) is the
-driver side only: sending the call, reading and decoding the XML-RPC reply,
-parsing the pool document and filtering it.  Memory is the peak of Python
+manager's (or the driver's) side only.  Memory is the peak of Python
 allocations during one cycle (tracemalloc) and the process's maximum RSS.
 
+--mode manager (the default): a real Manager (SQLite registry, the OpenNebula
+driver, real agent clients) adds N nodes with add_nodes; their VMs run in the
+simulator but boot nothing, so the nodes stay BOOTING and every agent probe
+is refused.  It measures, one cycle every poll_interval as the poller runs
+them: the cloud part of a cycle (driver.list() + reconciling the nodes), the
+whole cycle (with the agent probes; the CPU of a whole poll_interval, so
+probes that go on between cycles count), and the whole cycle when every
+agent accepts connections and never answers.  Agent probes are not cloud
+calls: a cycle waits for them at most half the poll interval, at most
+probe_concurrency run at once, and a node whose probe still waits is not
+probed again, so slow agents cost neither cloud calls nor a longer cycle.
+--mode driver: the driver's list() alone.
+
 Goal (issue 4): 1 call and < 100 ms of CPU per cycle at 1,000 VMs.
+
+Measured (2-core Debian 12 VM, Python 3.11, 1,000 + 1,000 VMs, 6.10 replies,
+other test runs on the machine at the same time):
+
+    manager: list + reconcile (the cloud part)  1 call/cycle,    80 ms CPU, 102 ms wall, 14 MB peak alloc
+    manager: whole cycle, agents refuse         1 call/cycle,   222 ms CPU per 2 s (about 140 probes), 1.1 s wall
+    manager: whole cycle, agents hang (5 s)     1 call/cycle,    87 ms CPU, 0.26 s wall
+    naive per-VM one.vm.info (8 at a time)   1000 calls/cycle, 818 ms CPU, 1.5 s wall
+    manager process max RSS 92 MB (38 MB for the manager with 1,000 nodes)
+
+A refused probe costs about 1 ms of CPU and 0.3 s of wall time (Twisted's
+HostnameEndpoint waits its 0.3 s attempt delay before it reports the
+failure).  Before replies were parsed with the cyclic GC paused,
+the cloud part took about 120 ms of CPU; before probes stopped holding up
+the cycle, a cycle with 1,000 silent agents would have lasted 1000 / 20 x 6 s = 300 s.
 """
 
 from __future__ import annotations
