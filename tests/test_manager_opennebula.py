@@ -19,6 +19,7 @@ OpenNebula simulator over real HTTP.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -31,6 +32,7 @@ from conpaassql.manager.config import ManagerConfig, parse_config
 from conpaassql.manager.service import Manager
 from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
+from tests import test_iaas_opennebula as driverTests
 from tests.support.mariadb import pid_alive, skip_unless_mariadb
 from tests.support.onesim import (
     PASSWORD,
@@ -220,15 +222,9 @@ class _EndToEnd:
 
     @staticmethod
     def logs(sim: OneSimulator) -> str:
-        out = []
         booter: Any = sim.booter
-        for vmId in sim.vms:
-            for name in ("boot.log", "root/var/log/conpaassql/agent.log"):
-                path = os.path.join(booter.vmDir(vmId), name)
-                if os.path.exists(path):
-                    with open(path, errors="replace") as f:
-                        out.append(f"--- VM {vmId} {name}:\n" + "".join(f.readlines()[-20:]))
-        return "\n".join(out)
+        return "\n".join(f"=== VM {vmId}\n" + driverTests.SlowEndToEndBootTests.vmLogs(
+            booter.vmDir(vmId)) for vmId in sim.vms)
 
 
 class EndToEndV610Tests(_EndToEnd, TestCase):
@@ -289,7 +285,7 @@ class CloudFaultTests(TestCase):
         await self.cloudBack(m)
         # The failed calls came at growing intervals (backing off).
         times = self.listCalls(sim, since)[:6]
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         self.assertEqual(len(gaps), 5, times)
         self.assertEqual(gaps, sorted(gaps), gaps)
         self.assertGreater(gaps[-1], 4 * gaps[0], gaps)
