@@ -482,6 +482,16 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIn("not RUNNING 60 s after it was asked for", error)
         self.assertIn("cannot reach the cloud", error)
 
+    def test_list_older_than_a_create(self) -> None:
+        self.h.driver.holdList = True
+        self.h.poll()  # a list is asked for; its answer is on its way
+        [nodeId] = self.h.add()  # the VM is made before that answer comes
+        self.h.driver.holdList = False
+        self.h.driver.releaseCreates()  # the answer, without the new VM: not "gone"
+        self.assertEqual(self.h.state(nodeId), "RUNNING")
+        self.h.poll(2)
+        self.assertEqual(self.h.state(nodeId), "RUNNING")
+
     def test_second_vm_of_a_node_ended(self) -> None:
         h = Harness(self, boot_timeout=600).start()
         self.addCleanup(h.stop)

@@ -275,13 +275,19 @@ class CloudFaultTests(TestCase):
         return [t for t, method, _ in list(sim.callLog)[since:] if method == "one.vmpool.info"]
 
     async def test_error_replies(self) -> None:
-        """Error replies: shown, backed off, and the nodes keep their state."""
+        """Error replies and faults: shown, backed off, and the nodes keep their state."""
         sim, _svc, m = await self.started(poll_interval=0.1)
         since = len(sim.callLog)
-        sim.failNext("one.vmpool.info", 0x2000, "Internal error: database is locked", times=5)
+        sim.failNext("one.vmpool.info", 0x2000, "Internal error: database is locked", times=4)
+        sim.faultNext("one.vmpool.info", -501, "Parameter that is supposed to be integer is not")
         error = await self.cloudError(m)
         self.assertIn("database is locked", error)
         self.assertIn("INTERNAL", error)
+
+        async def fault() -> bool:
+            return "fault -501" in (await m.call("get_service_info")).get("cloud_error", "")
+
+        await until(fault, "the fault shown", WAIT)
         await self.cloudBack(m)
         # The failed calls came at growing intervals (backing off).
         times = self.listCalls(sim, since)[:6]

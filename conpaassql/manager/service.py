@@ -191,6 +191,10 @@ class Manager(service.Service):
         self._orphans: set[str] = set()
         #: Node id -> (creates that got no answer, when to ask again).
         self._createRetry: dict[int, tuple[int, float]] = {}
+        #: How many create calls have ended, and node id -> the count when
+        #: its last one ended: a list asked for before then may not show it.
+        self._createsEnded = 0
+        self._createEnded: dict[int, int] = {}
         self._inflight: set[Deferred[Any]] = set()
         #: Node ids whose agent probe is queued or under way.
         self._probing: set[int] = set()
@@ -382,7 +386,7 @@ class Manager(service.Service):
             vm = await self._timed(self.driver.create(self._spec(node.core.record)),
                                    self.config.list_timeout)
         except Exception as e:
-            self._creating.discard(node.id)
+            self._createDone(node)
             if _transient(e):
                 attempts = self._createRetry.get(node.id, (0, 0.0))[0] + 1
                 delay = min(MAX_LIST_BACKOFF, self.config.poll_interval * 2 ** (attempts - 1))
@@ -395,13 +399,18 @@ class Manager(service.Service):
                 log.warn("node {node}: create failed: {why}", node=node.id, why=_describe(e))
                 node.machine.createFailed(_describe(e))
         else:
-            self._creating.discard(node.id)
+            self._createDone(node)
             self._createRetry.pop(node.id, None)
             node.machine.created(vm)
             node.observe(vm)
         if node.state == "TERMINATING":
             self._terminate(node.core)
         await node.core.flush()
+
+    def _createDone(self, node: Node) -> None:
+        self._creating.discard(node.id)
+        self._createsEnded += 1
+        self._createEnded[node.id] = self._createsEnded
 
     async def removeNode(self, nodeId: int) -> Node:
         """
@@ -456,6 +465,7 @@ class Manager(service.Service):
     def _gone(self, core: NodeCore) -> None:
         self.nodes.pop(core.id, None)
         self._createRetry.pop(core.id, None)
+        self._createEnded.pop(core.id, None)
         self._track(Deferred.fromCoroutine(self._closeClient(core.id)))
 
     def _terminateOrphan(
@@ -533,25 +543,7 @@ class Manager(service.Service):
         """One poll cycle (see the module's docstring)."""
         if self.driver is None or self.phase in ("ERROR", "STOPPED"):
             return
-        now = self.clock.seconds()
-        vms: list[VMInfo] | None = None
-        if now >= self._listRetryAt:
-            try:
-                vms = await self._timed(self.driver.list(), self.config.list_timeout)
-            except Exception as e:
-                self._listBackoff = min(
-                    MAX_LIST_BACKOFF, max(self.config.poll_interval, self._listBackoff * 2)
-                )
-                self._listRetryAt = self.clock.seconds() + self._listBackoff
-                self.cloudError = _describe(e)
-                log.warn("cloud list failed ({why}); next try in {delay:g} s",
-                         why=self.cloudError, delay=self._listBackoff)
-            else:
-                self._listBackoff = 0.0
-                self._listRetryAt = 0.0
-                self.cloudError = None
-        if vms is not None:
-            self._reconcile(vms)
+        await self.pollCloud()
         await self._probeAll()
         # Failed terminations are tried again, unless cloud calls back off.
         cloudCalls = self.clock.seconds() >= self._listRetryAt
@@ -563,7 +555,37 @@ class Manager(service.Service):
         self.cycles += 1
         self.lifecycle.polled()
 
-    def _reconcile(self, vms: Iterable[VMInfo]) -> None:
+    async def pollCloud(self) -> None:
+        """
+        The cloud part of a poll cycle: one C{driver.list()} (unless list
+        calls back off after failures), and what it says fed to the nodes.
+        """
+        assert self.driver is not None
+        if self.clock.seconds() < self._listRetryAt:
+            return
+        createsEnded = self._createsEnded
+        try:
+            vms = await self._timed(self.driver.list(), self.config.list_timeout)
+        except Exception as e:
+            self._listBackoff = min(
+                MAX_LIST_BACKOFF, max(self.config.poll_interval, self._listBackoff * 2)
+            )
+            self._listRetryAt = self.clock.seconds() + self._listBackoff
+            self.cloudError = _describe(e)
+            log.warn("cloud list failed ({why}); next try in {delay:g} s",
+                     why=self.cloudError, delay=self._listBackoff)
+            return
+        self._listBackoff = 0.0
+        self._listRetryAt = 0.0
+        self.cloudError = None
+        self._reconcile(vms, createsEnded)
+
+    def _reconcile(self, vms: Iterable[VMInfo], createsEnded: int) -> None:
+        """
+        Feed the listed VMs to their nodes.  C{createsEnded}: how many
+        create calls had ended when the list was asked for; a node whose
+        create ended later may be missing from the list without being gone.
+        """
         assert self.serviceTag is not None
         listed: dict[int, VMInfo] = {}
         for vm in vms:
@@ -592,7 +614,8 @@ class Manager(service.Service):
             seen = listed.get(node.id)
             if seen is not None:
                 node.observe(seen)
-            elif node.id in self._creating:
+            elif node.id in self._creating or \
+                    self._createEnded.get(node.id, 0) > createsEnded:
                 continue  # not listed yet
             elif node.state == "PENDING" and node.core.record.vm_id is None:
                 if self.clock.seconds() < self._createRetry.get(node.id, (0, 0.0))[1]:

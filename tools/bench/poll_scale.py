@@ -274,12 +274,9 @@ async def runManager(args: argparse.Namespace) -> None:
         def cloudCalls() -> int:
             return sum(driver.rpc.calls.values())
 
-        async def cloudPart() -> None:
-            manager._reconcile(await driver.list())
-
         period = config.poll_interval
         report("manager: list + reconcile (the cloud part)",
-               *await measure(args.cycles, cloudPart, cloudCalls))
+               *await measure(args.cycles, manager.pollCloud, cloudCalls))
         report("manager: whole poll cycle, agents refuse",
                *await measure(args.cycles, manager.pollOnce, cloudCalls, period))
         print(f"manager process max RSS: {maxRSS():.0f} MB ({maxRSS() - rssBefore:.0f} MB more than "
