@@ -24,12 +24,12 @@ probed again, so slow agents cost neither cloud calls nor a longer cycle.
 Goal (issue 4): 1 call and < 100 ms of CPU per cycle at 1,000 VMs.
 
 Measured (2-core Debian 12 VM, Python 3.11, 1,000 + 1,000 VMs, 6.10 replies,
-other test runs on the machine at the same time):
+other test runs on the machine at the same time; two runs):
 
-    manager: list + reconcile (the cloud part)  1 call/cycle,    80 ms CPU, 102 ms wall, 14 MB peak alloc
-    manager: whole cycle, agents refuse         1 call/cycle,   222 ms CPU per 2 s (about 140 probes), 1.1 s wall
-    manager: whole cycle, agents hang (5 s)     1 call/cycle,    87 ms CPU, 0.26 s wall
-    naive per-VM one.vm.info (8 at a time)   1000 calls/cycle, 818 ms CPU, 1.5 s wall
+    manager: list + reconcile (the cloud part)  1 call/cycle,   80-89 ms CPU, 0.10-0.11 s wall, 14 MB peak alloc
+    manager: whole cycle, agents refuse         1 call/cycle,  198-222 ms CPU per 2 s (about 140 probes), 1.1 s wall
+    manager: whole cycle, agents hang (5 s)     1 call/cycle,   87-93 ms CPU, at most 1.1 s wall
+    naive per-VM one.vm.info (8 at a time)   1000 calls/cycle, 818-956 ms CPU, 1.5-3.0 s wall
     manager process max RSS 92 MB (38 MB for the manager with 1,000 nodes)
 
 A refused probe costs about 1 ms of CPU and 0.3 s of wall time (Twisted's
