@@ -256,7 +256,7 @@ class APITests(TestCase):
         from conpaassql.iaas.base import CloudFailure
 
         await self.m.call("add_nodes", {})
-        self.m.driver.failCreate = CloudFailure("quota")
+        self.m.driver.failCreate = CloudFailure("quota", transient=False)
         await self.m.call("add_nodes", {})
         await self.m.running(1)
         result = await self.m.call(
