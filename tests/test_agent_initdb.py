@@ -27,7 +27,7 @@ from tests.support.mariadb import (
 )
 
 #: What mariadb-install-db prints; in a server's error log when it ran.
-INSTALLER_SAYS = b"Installing MariaDB/MySQL system tables"
+INSTALLER_SAYS = "Installing MariaDB/MySQL system tables"
 
 
 def fingerprint(directory: str) -> dict[str, tuple[int, int, str]]:
@@ -60,8 +60,8 @@ async def makeTemplate(root: str) -> str:
     return out.decode().strip()
 
 
-def read(path: str) -> bytes:
-    with open(path, "rb") as f:
+def read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
         return f.read()
 
 

@@ -38,6 +38,7 @@ from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import Unauthorized
 from tests.support.drivercontract import DriverContractMixin
 from tests.support.mariadb import pid_alive, skip_unless_mariadb
+from tests.test_agent_initdb import INSTALLER_SAYS, fingerprint
 
 TAG = "test"
 OTHER = "other"
@@ -521,6 +522,60 @@ class LocalAgentTests(TestCase):
         self.assertNotEqual(states[0]["mysqld_port"], states[1]["mysqld_port"])
         self.assertEqual([i.vmId for i in await driver.list()], [i.vmId for i in infos])
 
+    async def test_datadir_template(self) -> None:
+        """
+        The first create makes one datadir template (named by the server's
+        version), every agent is given it and copies it instead of running
+        mariadb-install-db; each server has its own root password; the
+        template is untouched by the nodes and outlives their termination.
+        """
+        driver = self.cloud.driver()
+        specs = [spec(21), spec(22)]
+        infos = [await driver.create(s) for s in specs]
+        templates = os.path.join(self.cloud.baseDir, "templates")
+        [name] = os.listdir(templates)
+        template = os.path.join(templates, name)
+        self.assertTrue(name.startswith("mariadb-"), name)
+        before = fingerprint(template)
+        passwords = []
+        for nodeSpec, info in zip(specs, infos, strict=True):
+            running = await waitFor(driver, info.vmId, ("RUNNING", "FAILED"))
+            self.assertEqual(running.state, "RUNNING", running.detail)
+            state = await serverRunning(running, nodeSpec.context["AGENT_TOKEN"])
+            self.assertEqual(state["state"], "RUNNING", state)
+            nodeDir = self.cloud.nodeDir(nodeSpec.name)
+            agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
+            self.assertIn(f"--datadir-template={template}", process_argv(agentPid))
+            mysql = os.path.join(nodeDir, "agent", "mysql")
+            self.assertNotIn(INSTALLER_SAYS, _read(os.path.join(mysql, "error.log")))
+            self.assertIn("copying the datadir template", _read(os.path.join(nodeDir,
+                                                                               "agent.log")))
+            passwords.append(_read(os.path.join(mysql, "root.cnf")))
+        self.assertNotEqual(passwords[0], passwords[1])
+        for info in infos:
+            await driver.terminate(info.vmId)
+        self.assertEqual(fingerprint(template), before)
+        self.assertEqual(os.listdir(templates), [name])
+
+    async def test_without_template(self) -> None:
+        """
+        When no template can be made, the agents initialise their own data
+        directory and run.
+        """
+        os.makedirs(self.cloud.baseDir)
+        _write(os.path.join(self.cloud.baseDir, "templates"), "in the way\n")
+        driver = self.cloud.driver()
+        nodeSpec = spec(23)
+        info = await driver.create(nodeSpec)
+        running = await waitFor(driver, info.vmId, ("RUNNING", "FAILED"))
+        state = await serverRunning(running, nodeSpec.context["AGENT_TOKEN"])
+        self.assertEqual(state["state"], "RUNNING", state)
+        nodeDir = self.cloud.nodeDir(nodeSpec.name)
+        agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
+        self.assertEqual([a for a in process_argv(agentPid) if a.startswith("--datadir-t")], [])
+        self.assertIn(INSTALLER_SAYS, _read(os.path.join(nodeDir, "agent", "mysql",
+                                                         "error.log")))
+
     async def test_agent_port_from_context(self) -> None:
         driver = self.cloud.driver()
         port = _freePort()
@@ -711,8 +766,8 @@ class _NoFactory:
 class _BadOptionDriver(LocalDriver):
     """Starts twistd with an option it refuses (a real launch failure)."""
 
-    def _agentArgv(self, node: Any, port: int) -> list[str]:
-        argv = super()._agentArgv(node, port)
+    def _agentArgv(self, node: Any, port: int, template: str | None = None) -> list[str]:
+        argv = super()._agentArgv(node, port, template)
         return [*argv, "--no-such-option"]
 
 
