@@ -142,11 +142,39 @@ def makeSite(
 ) -> server.Site:
     site = server.Site(root, logFormatter=_accessLogFormatter)
     site.requestFactory = RPCRequest
+    # Request.__init__ copies this from the site, over RPCRequest's class
+    # attribute: without it Twisted parses a multipart body into memory.
+    site._parsePOSTFormSubmission = False
     site.displayTracebacks = False
     site.maxBody = maxBody  # type: ignore[attr-defined]
     site.maxUpload = maxUpload  # type: ignore[attr-defined]
     site.uploadDir = uploadDir  # type: ignore[attr-defined]
     return site
+
+
+class RPCRoot(resource.Resource):
+    """
+    A site's root: the JSON-RPC resource at C{/} (which also answers every
+    path that is not a child, with its JSON not-found error), beside named
+    children (C{putChild}), e.g. the web front-end at C{ui}.
+    """
+
+    def __init__(self, rpc: RPCResource) -> None:
+        super().__init__()
+        self.rpc = rpc
+
+    def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.IResource:
+        child = self.children.get(path)
+        if child is not None:
+            return child
+        # Not a child: the JSON-RPC resource answers, seeing the whole path.
+        assert request.postpath is not None and request.prepath is not None
+        request.postpath.insert(0, request.prepath.pop())
+        rpc: Any = self.rpc
+        return rpc
+
+    def render(self, request: server.Request) -> int | bytes:
+        return self.rpc.render(request)
 
 
 def _arg(request: http.Request, name: bytes) -> str | None:
@@ -323,4 +351,4 @@ class RPCResource(resource.Resource):
         return encode({"result": None, "error": error.toDict(), "id": None})
 
 
-__all__ = ["RPCResource", "TokenAuth", "makeSite", "RPCRequest", "InternalError"]
+__all__ = ["InternalError", "RPCRequest", "RPCResource", "RPCRoot", "TokenAuth", "makeSite"]

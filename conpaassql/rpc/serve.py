@@ -15,10 +15,11 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.resource import IResource
 
 from conpaassql.common.files import read_or_create_token, write_file_atomic
 from conpaassql.rpc.dispatch import Dispatcher, Introspection
-from conpaassql.rpc.resource import RPCResource, TokenAuth, makeSite
+from conpaassql.rpc.resource import RPCResource, RPCRoot, TokenAuth, makeSite
 
 __all__ = ["RPCServerService", "ServiceOptions", "serviceOptions"]
 
@@ -90,6 +91,21 @@ class RPCServerService(service.MultiService):
         self.tokenFile = tokenFile
         self.port: Any = None
         self.listening: Deferred[Any] = Deferred()
+        #: The site's root once served; other resources beside the API.
+        self.root: RPCRoot | None = None
+        self._children: dict[bytes, IResource] = {}
+
+    def addChild(self, name: str, child: IResource) -> None:
+        """
+        Serve C{child} at C{/<name>/} beside the JSON-RPC API at C{/} (e.g.
+        C{ui}, C{metrics}); before or after the service starts.
+        """
+        if not name or "/" in name:
+            raise ValueError(f"a child's name is one path segment, not {name!r}")
+        key = name.encode("utf-8")
+        self._children[key] = child
+        if self.root is not None:
+            self.root.putChild(key, child)
 
     def prepareStateDir(self) -> tuple[str, str]:
         """
@@ -110,10 +126,12 @@ class RPCServerService(service.MultiService):
         """Answer the methods of C{providers} (and list_methods) on the endpoint."""
         dispatcher = Dispatcher(*providers)
         dispatcher.collect(Introspection(dispatcher))
-        site = makeSite(
-            RPCResource(dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}")),
-            **siteOptions,
+        self.root = RPCRoot(
+            RPCResource(dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}"))
         )
+        for name, child in self._children.items():
+            self.root.putChild(name, child)
+        site = makeSite(self.root, **siteOptions)
         d = endpoints.serverFromString(self.reactor, self.listen).listen(site)
         d.addCallbacks(self._listening, self._listenFailed)
 
