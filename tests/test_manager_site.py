@@ -107,7 +107,7 @@ class SiteTests(TestCase):
         code, body, headers = await self.http("GET", "nowhere?method=list_nodes")
         self.assertEqual(code, 404)
         self.assertIn(str(NotFound.code).encode(), body)
-        self.assertEqual(headers.getRawHeaders("content-type"), [b"application/json"])
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
         code, _, _ = await self.http("GET", "?method=list_nodes", headers={})
         self.assertEqual(code, 401)
 
