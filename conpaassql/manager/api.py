@@ -75,9 +75,14 @@ class ManagerAPI:
 
     @method()
     async def list_nodes(self, params: Params) -> dict[str, Any]:
-        """The ids of the service's live nodes."""
+        """
+        The ids of the service's nodes: not those being removed (TERMINATING:
+        remove_nodes said OK; get_node_info still shows them until they are
+        gone, get_service_info counts them).
+        """
         await self.manager.ready
-        return {"serviceNode": sorted(self.manager.nodes)}
+        return {"serviceNode": sorted(i for i, n in self.manager.nodes.items()
+                                      if n.state != "TERMINATING")}
 
     @method(params=("serviceNodeId",))
     async def get_node_info(self, params: Params) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from conpaassql.agent.config import find_binary
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
+from conpaassql.rpc.errors import NotFound
 
 SMALL = ["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M"]
 
@@ -114,7 +115,11 @@ async def nodeRun(client: RPCClient, reactor: Any) -> float:
         await deferLater(reactor, 0.02, lambda: None)
     elapsed = reactor.seconds() - started
     await client.call("remove_nodes", {"serviceNodeId": nodeId})
-    while nodeId in (await client.call("list_nodes"))["serviceNode"]:
+    while True:  # until it is TERMINATED
+        try:
+            await client.call("get_node_info", {"serviceNodeId": nodeId})
+        except NotFound:
+            break
         await deferLater(reactor, 0.05, lambda: None)
     return float(elapsed)
 
