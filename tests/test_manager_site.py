@@ -99,7 +99,8 @@ class SiteTests(TestCase):
         were without the front-end.
         """
         code, body, _ = await self.http("GET", "?method=list_nodes&id=7")
-        self.assertEqual((code, body), (200, b'{"result":{"serviceNode":[]},"error":null,"id":"7"}'))
+        self.assertEqual(
+            (code, body), (200, b'{"result":{"serviceNode":[]},"error":null,"id":"7"}'))
         code, body, _ = await self.http(
             "POST", "", data=b'{"method": "get_service_info", "id": 1}')
         self.assertEqual(code, 200)
