@@ -20,8 +20,10 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from conpaassql.common.procfs import process_argv
@@ -391,6 +393,88 @@ class NodeDirectoryTests(SynchronousTestCase):
     def test_closed(self) -> None:
         self.successResultOf(Deferred.fromCoroutine(self.driver.close()))
         self.failureResultOf(Deferred.fromCoroutine(self.driver.list()), CloudFailure)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.signals: list[str] = []
+
+    def closeStdin(self) -> None:
+        pass
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class _ProcessClock(Clock):
+    """A Clock that records the processes it is asked to spawn (none runs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[Any, list[str]]] = []
+
+    def spawnProcess(self, proto: Any, executable: str, args: list[str], env: Any = None,
+                     path: Any = None) -> _Transport:
+        transport = _Transport()
+        proto.makeConnection(transport)
+        self.spawned.append((proto, list(args)))
+        return transport
+
+
+class TemplateWaitTests(SynchronousTestCase):
+    """
+    Creates while the datadir template is being made (on a clock, with no
+    real process).
+    """
+
+    def setUp(self) -> None:
+        self.clock = _ProcessClock()
+        self.stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(self.stateDir)
+        self.driver = makeDriver({}, stateDir=self.stateDir, reactor=self.clock, serviceTag=TAG)
+
+    def create(self, nodeId: int) -> Deferred[VMInfo]:
+        return Deferred.fromCoroutine(self.driver.create(spec(nodeId)))
+
+    def test_wait_then_use(self) -> None:
+        """
+        The first create starts making the template and waits for it; a
+        create meanwhile waits too; both then start their agents with it,
+        and later creates use it at once.  One template maker only.
+        """
+        first, second = self.create(1), self.create(2)
+        [(maker, argv)] = self.clock.spawned
+        self.assertEqual(argv[1:3], ["-m", "conpaassql.agent.initdb"])
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        template = os.path.join(self.stateDir, "local-cloud", "templates", "mariadb-1")
+        os.makedirs(template)
+        maker.childDataReceived(1, template.encode() + b"\n")
+        maker.processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.successResultOf(self.create(3))
+        launched = [argv for _, argv in self.clock.spawned[1:]]
+        self.assertEqual(len(launched), 3)
+        for argv in launched:
+            self.assertIn(f"--datadir-template={template}", argv)
+
+    def test_slow_or_failed_template(self) -> None:
+        """
+        A create waits at most templateWait for the template: its agent then
+        initialises its own; a maker that fails leaves every agent to do so.
+        """
+        first = self.create(1)
+        self.clock.advance(self.driver.templateWait)
+        self.successResultOf(first)
+        maker = self.clock.spawned[0][0]
+        maker.childDataReceived(2, b"template: no mariadbd\n")
+        maker.processEnded(Failure(ProcessTerminated(1)))
+        self.successResultOf(self.create(2))
+        launched = [argv for _, argv in self.clock.spawned[1:]]
+        self.assertEqual(len(launched), 2)
+        for argv in launched:
+            self.assertEqual([a for a in argv if a.startswith("--datadir-t")], [])
 
 
 # -- real agents

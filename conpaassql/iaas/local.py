@@ -335,7 +335,24 @@ class _Node:
         return directory
 
 
-class _Launcher(ProcessProtocol):
+class _Child(ProcessProtocol):
+    """
+    A child process of the driver, given no input, that can be killed.
+    """
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.closeStdin()
+
+    def kill(self) -> None:
+        transport: Any = self.transport
+        try:
+            transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+
+
+class _Launcher(_Child):
     """
     The C{twistd} that daemonizes one agent.  It exits once the agent has
     started its services (0) or failed to (non-zero, with the reason on
@@ -349,9 +366,6 @@ class _Launcher(ProcessProtocol):
         self.done = False
         self._waiters: list[Deferred[None]] = []
 
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._output += data
@@ -378,15 +392,8 @@ class _Launcher(ProcessProtocol):
         self._waiters.append(d)
         return d
 
-    def kill(self) -> None:
-        transport: Any = self.transport
-        try:
-            transport.signalProcess("KILL")
-        except ProcessExitedAlready:
-            pass
 
-
-class _TemplateMaker(ProcessProtocol):
+class _TemplateMaker(_Child):
     """
     C{python -m conpaassql.agent.initdb --root DIR}: makes (or finds) the
     datadir template and prints its directory.
@@ -397,9 +404,6 @@ class _TemplateMaker(ProcessProtocol):
         self.code: int | None = None
         self.ended: Deferred[None] = Deferred()
 
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         buffer = self.output.setdefault(childFD, bytearray())
@@ -409,13 +413,6 @@ class _TemplateMaker(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         self.code = getattr(reason.value, "exitCode", None)
         self.ended.callback(None)
-
-    def kill(self) -> None:
-        transport: Any = self.transport
-        try:
-            transport.signalProcess("KILL")
-        except ProcessExitedAlready:
-            pass
 
 
 class LocalDriver:
@@ -437,6 +434,8 @@ class LocalDriver:
     launcherTimeout = 30.0
     #: Seconds making the datadir template may take.
     templateTimeout = 180.0
+    #: Seconds a create waits for the template being made.
+    templateWait = 30.0
 
     def __init__(self, settings: LocalSettings, *, reactor: Any, serviceTag: str) -> None:
         self.settings = settings
@@ -490,7 +489,12 @@ class LocalDriver:
             raise CloudFailure(
                 f"create {spec.name}: a VM of that name already exists", transient=False
             )
-        template = await self._datadirTemplate()
+        waiting = self._datadirTemplate()
+        waiting.addTimeout(self.templateWait, self._reactor)
+        try:
+            template = await waiting
+        except DeferredTimeoutError:
+            template = None  # still being made: this agent initialises its own
         self._checkOpen()
 
         try:
@@ -636,8 +640,14 @@ class LocalDriver:
             )
             if self._templateWaiters is None:  # it ended at once
                 return succeed(self._template)
-        d: Deferred[str | None] = Deferred()
-        self._templateWaiters.append(d)
+        waiters = self._templateWaiters
+
+        def cancel(d: Deferred[str | None]) -> None:
+            if d in waiters:
+                waiters.remove(d)
+
+        d: Deferred[str | None] = Deferred(cancel)
+        waiters.append(d)
         return d
 
     async def _makeTemplate(self) -> None:
