@@ -465,6 +465,10 @@ class ValidateOptionTests(SynchronousTestCase):
         ("gtid_domain_id", "7", "7"),
         ("log_slave_updates", "OFF", "OFF"),
         ("relay_log", "relay-bin", "relay-bin"),
+        ("gtid_strict_mode", "on", "ON"),
+        ("super_read_only", False, "OFF"),
+        ("gtid_mode", "on_permissive", "ON_PERMISSIVE"),
+        ("enforce-gtid-consistency", "WARN", "WARN"),
     ]
 
     def test_good_values(self) -> None:

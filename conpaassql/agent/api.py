@@ -52,6 +52,8 @@ class AgentAPI:
         self._control = DeferredLock()
         self.load: LoadProgress | None = None
         self.lastLoad: LoadProgress | None = None
+        #: The node's replication (L{conpaassql.agent.replication.Replication}), if wired.
+        self.replication: Any = None
 
     # Helpers.
 
@@ -106,9 +108,11 @@ class AgentAPI:
             "pid": server.pid,
             "uptime": int(time.time() - started) if started and server.state == "RUNNING" else 0,
             "restarts": getattr(server, "restarts", 0),
-            "role": None,
+            "role": self.replication.role if self.replication is not None else None,
             "error": server.last_error,
         }
+        if self.replication is not None:
+            state["replication"] = await self.replication.status()
         if self.load is not None:
             state["load"] = self.load.toDict()
         elif self.lastLoad is not None:
@@ -181,6 +185,7 @@ class AgentAPI:
             privileges[privileges.index("ALL")] = "ALL PRIVILEGES"
         grantOption = params.bool("grant_option", False)
         checkUser(username, host)
+        await self._refuseOnSlave("configure_user")
         result = await self._database().configureUser(
             username, password, host, databases, privileges, grantOption
         )
@@ -192,6 +197,7 @@ class AgentAPI:
         username = params.str("username", maxLength=80)
         host = params.str("host", None, maxLength=255)
         checkUser(username, host or "%")
+        await self._refuseOnSlave("delete_user")
         hosts = await self._database().deleteUser(username, host)
         return {"return": "OK", "username": username, "hosts": hosts}
 
@@ -203,10 +209,20 @@ class AgentAPI:
     # Data.
 
     def _refuseDuringLoad(self, what: str) -> None:
+        if self.replication is not None and self.replication.busy:
+            raise Conflict(f"a replication set-up is in progress; {what} must wait until it ends")
         if self.load is not None:
             raise Conflict(
                 f"a dump is being loaded ({self.load.loaded} of {self.load.total} bytes); "
                 f"{what} must wait until it ends"
+            )
+
+    async def _refuseOnSlave(self, what: str) -> None:
+        """A write on a slave would make it diverge from its master."""
+        if self.replication is not None and await self.replication.slaveStatus() is not None:
+            raise WrongState(
+                f"this node is a replication slave; {what} must be sent to its master "
+                "(writes reach the slaves by replication)"
             )
 
     @method(params=("database",), aliases=("send_mysqldump",), upload=True)
@@ -219,6 +235,7 @@ class AgentAPI:
         database = params.str("database", None, pattern=DATABASE, what="a database name")
         self._database()  # the server must be RUNNING
         self._refuseDuringLoad("another load")
+        await self._refuseOnSlave("create_with_MySQLdump")
         if not self.server.client_binary:
             raise OperationFailed("no mariadb/mysql client program on this node")
         argv = [

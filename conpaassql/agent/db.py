@@ -30,6 +30,10 @@ PROTECTED_USERS = frozenset({"root", "mariadb.sys", "mysql.sys", "mysql.session"
                              "mysql.infoschema", "PUBLIC"})
 PROTECTED_PREFIX = "conpaassql_"
 
+#: The server's own schemas: privileges on them (write access to the grant
+#: tables in C{mysql}) would let a user make itself root.
+SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+
 #: Privileges a user may be given on a database (never GRANT OPTION unless asked).
 PRIVILEGES = (
     "ALL PRIVILEGES", "SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP",
@@ -111,6 +115,16 @@ class Database:
         except pymysql.MySQLError as e:
             raise _mysqlError(e) from None
 
+    async def transact(self, interaction: Any, *args: Any) -> Any:
+        """
+        Run C{interaction(cursor, *args)} on one connection, in one
+        transaction (committed when it returns, rolled back if it raises).
+
+        @return: a Deferred firing with what it returns.
+        @raise MySQLError: the server refused a statement.
+        """
+        return await self._run(interaction, *args)
+
     async def query(self, sql: str, args: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         def run(txn: Any) -> list[tuple[Any, ...]]:
             txn.execute(sql, args)
@@ -141,6 +155,12 @@ class Database:
         checkUser(username, host)
         targets = []
         for db in databases:
+            if db.lower() in SYSTEM_SCHEMAS:
+                raise InvalidParams(
+                    f"{db!r} is one of the server's own databases; privileges on it are "
+                    "not given through this call",
+                    "databases",
+                )
             targets.append("*.*" if db == "*" else f"{quoteIdentifier(db)}.*")
         for p in privileges:
             if p not in PRIVILEGES:

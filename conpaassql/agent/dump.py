@@ -81,20 +81,18 @@ class _ChunkProducer:
         self._stopped = True
 
 
-class _ClientProtocol(ProcessProtocol):
-    def __init__(self, chunks: Iterator[bytes], progress: LoadProgress) -> None:
-        self._chunks = chunks
-        self._progress = progress
+class ChildProtocol(ProcessProtocol):
+    """
+    A client program run to completion: its standard error's end is kept
+    (C{stderr}), its standard output ignored, and C{ended} fires with its
+    exit status (-1 when killed by a signal).
+    """
+
+    transport: Any
+
+    def __init__(self) -> None:
         self.stderr = bytearray()
         self.ended: Deferred[int] = Deferred()
-
-    def connectionMade(self) -> None:
-        producer = _ChunkProducer(self._chunks, self.transport, self._progress, self._finish)
-        self.transport.registerProducer(producer, False)
-
-    def _finish(self) -> None:
-        self.transport.unregisterProducer()
-        self.transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
         pass
@@ -111,7 +109,41 @@ class _ClientProtocol(ProcessProtocol):
         self.ended.callback(code)
 
 
+class _ClientProtocol(ChildProtocol):
+    def __init__(self, chunks: Iterator[bytes], progress: LoadProgress) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._progress = progress
+
+    def connectionMade(self) -> None:
+        producer = _ChunkProducer(self._chunks, self.transport, self._progress, self._finish)
+        self.transport.registerProducer(producer, False)
+
+    def _finish(self) -> None:
+        self.transport.unregisterProducer()
+        self.transport.closeStdin()
+
+
 _ERROR_LINE = re.compile(r"ERROR (\d+) \(([0-9A-Z]+)\) at line (\d+)(?: in file: '[^']*')?: (.*)")
+
+
+def clientError(stderr: bytes, code: int) -> tuple[str, int | None, int | None]:
+    """
+    Read the client's error output.
+
+    @return: C{(message, errno, line)}: the server's message and error
+        number and the input line of the failing statement when the client
+        printed them, else the end of its output (C{errno} and C{line}
+        L{None}).
+    """
+    text = stderr.decode("utf-8", "replace").strip()
+    match = None
+    for line in text.splitlines():
+        match = _ERROR_LINE.search(line) or match
+    if match:
+        errno, _sqlstate, lineNo, message = match.groups()
+        return message, int(errno), int(lineNo)
+    return text[-500:] or f"client exited with status {code}", None, None
 
 
 async def loadDump(
@@ -135,21 +167,16 @@ async def loadDump(
     if code == 0:
         progress.state = "DONE"
         return progress
-    text = protocol.stderr.decode("utf-8", "replace").strip()
-    match = None
-    for line in text.splitlines():
-        match = _ERROR_LINE.search(line) or match
+    message, errno, lineNo = clientError(bytes(protocol.stderr), code)
     progress.state = "FAILED"
+    progress.error = message
     data: dict[str, Any] = {"bytes_fed": progress.loaded, "bytes_total": progress.total}
-    if match:
-        errno, _sqlstate, lineNo, message = match.groups()
-        progress.line = int(lineNo)
-        progress.error = message
-        data.update(errno=int(errno), line=int(lineNo))
+    if lineNo is not None:
+        progress.line = lineNo
+        data.update(errno=errno, line=lineNo)
         raise OperationFailed(
             f"the dump failed at line {lineNo}: {message} (statements before that line "
             "were applied)",
             data,
         )
-    progress.error = text[-500:] or f"client exited with status {code}"
-    raise OperationFailed(f"loading the dump failed: {progress.error}", data)
+    raise OperationFailed(f"loading the dump failed: {message}", data)

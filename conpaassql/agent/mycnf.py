@@ -526,6 +526,14 @@ WHITELIST: Mapping[str, OptionSpec] = {
         _spec("gtid_domain_id", "integer 0-4294967295", _integer(0, 4294967295)),
         _spec("log_slave_updates", "0, 1, ON or OFF", _boolean, boolean=True),
         _spec("relay_log", "relay log base name", _basename),
+        _spec("gtid_strict_mode", "0, 1, ON or OFF", _boolean, boolean=True),
+        _spec("super_read_only", "0, 1, ON or OFF", _boolean, boolean=True),
+        _spec(
+            "gtid_mode",
+            "OFF, OFF_PERMISSIVE, ON_PERMISSIVE or ON (MySQL)",
+            _choice("OFF", "OFF_PERMISSIVE", "ON_PERMISSIVE", "ON"),
+        ),
+        _spec("enforce_gtid_consistency", "ON, OFF or WARN (MySQL)", _choice("ON", "OFF", "WARN")),
     ]
 }
 

@@ -208,10 +208,14 @@ class ServerControl(Protocol):
         @raise ServerError: as L{start} and L{stop}.
         """
 
-    async def set_options(self, options: Mapping[str, object]) -> dict[str, str]:
+    async def set_options(
+        self, options: Mapping[str, object], *, restart: bool = True
+    ) -> dict[str, str]:
         """
         Validate whitelisted C{[mysqld]} options (see L{mycnf.WHITELIST}),
-        write them to C{my.cnf} and restart the server if it is running.
+        write them to C{my.cnf} and restart the server if it is running
+        (unless C{restart} is false: the caller then applies them to the
+        running server itself, e.g. with C{SET GLOBAL}).
         If the server does not come back with the new options, the previous
         file is restored and the server restarted with it.
 
@@ -753,7 +757,9 @@ class ManagedServer(_ServerBase):
             await self._start_locked()
             self.last_error = None
 
-    async def set_options(self, options: Mapping[str, object]) -> dict[str, str]:
+    async def set_options(
+        self, options: Mapping[str, object], *, restart: bool = True
+    ) -> dict[str, str]:
         validated = mycnf.validate_options(options)
         async with self._lock:
             try:
@@ -766,7 +772,7 @@ class ManagedServer(_ServerBase):
             except OSError as e:
                 raise ServerError(f"cannot write {self.mycnf_path}: {e}") from e
             self.log.info("my.cnf options set: {options}", options=written)
-            if not self._want_running and self._proc is None:
+            if not restart or (not self._want_running and self._proc is None):
                 self._read_mycnf()
                 return written
             self._want_running = True
@@ -1466,7 +1472,9 @@ class ScriptServer(_ServerBase):
                 raise
             self._set_state(STOPPED)
 
-    async def set_options(self, options: Mapping[str, object]) -> dict[str, str]:
+    async def set_options(
+        self, options: Mapping[str, object], *, restart: bool = True
+    ) -> dict[str, str]:
         validated = mycnf.validate_options(options)
         if self.mycnf_path is None:
             raise ServerError("no [MySQL_configuration] my_cnf_file is configured")
@@ -1482,6 +1490,8 @@ class ScriptServer(_ServerBase):
             except OSError as e:
                 raise ServerError(f"cannot write {self.mycnf_path}: {e}") from e
             self.log.info("my.cnf options set: {options}", options=written)
+            if not restart:
+                return written
             try:
                 await self._start_locked("restart")
             except ServerError as e:

@@ -19,6 +19,9 @@ from twisted.python import usage
 from conpaassql.agent.api import AgentAPI
 from conpaassql.agent.config import AgentConfig, load_config
 from conpaassql.agent.mysqld import ManagedServer, ScriptServer, ServerControl
+from conpaassql.agent.replication import Replication
+from conpaassql.agent.snapshot import SnapshotResource, SnapshotSource
+from conpaassql.rpc.resource import TokenAuth
 from conpaassql.rpc.serve import RPCServerService, ServiceOptions, serviceOptions
 
 log = Logger()
@@ -74,12 +77,15 @@ class AgentService(RPCServerService):
         *,
         maxUpload: int = 64 * 1024**3,
         reactor: Any = None,
+        stopProcess: Any = None,
     ) -> None:
-        super().__init__(stateDir, listen, tokenFile, reactor=reactor)
+        super().__init__(stateDir, listen, tokenFile, reactor=reactor, stopProcess=stopProcess)
         self.config = config
         self.maxUpload = maxUpload
         self.server: ServerControl | None = None
         self.api: AgentAPI | None = None
+        self.replication: Replication | None = None
+        self.snapshots: SnapshotSource | None = None
 
     def startService(self) -> None:
         token, uploads = self.prepareStateDir()
@@ -95,8 +101,21 @@ class AgentService(RPCServerService):
             agentPort=lambda: self.port.getHost().port if self.port else None,
             stopAgent=self.stopProcess,
         )
+        api = self.api
+        self.replication = Replication(
+            api._database, server, self.reactor, self.stateDir,
+            locked=api._locked, closeDatabase=api.closeDatabase,
+        )
+        self.replication.setServiceParent(self)
+        api.replication = self.replication
+        auth = TokenAuth([token], hint=f"token file {self.tokenFile}")
+        self.snapshots = SnapshotSource(api._database, server, self.reactor)
+        snapshots = SnapshotResource(self.snapshots, auth)
         super().startService()
-        self.serve([self.api], token, maxUpload=self.maxUpload, uploadDir=uploads)
+        self.serve(
+            [self.api, self.replication], token,
+            children={b"snapshot": snapshots}, maxUpload=self.maxUpload, uploadDir=uploads,
+        )
 
     def stopService(self) -> Deferred[None]:
         if self.api is not None:

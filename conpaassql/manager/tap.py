@@ -118,12 +118,11 @@ class ManagerService(RPCServerService):
         registry: Registry | None = None,
         stopProcess: Any = None,
     ) -> None:
-        super().__init__(stateDir, listen, tokenFile, reactor=reactor)
+        super().__init__(stateDir, listen, tokenFile, reactor=reactor, stopProcess=stopProcess)
         self.config = config
         self._driverFactory = driverFactory
         self._agentClientFactory = agentClientFactory
         self._registry = registry
-        self._stopProcessHook = stopProcess
         self.manager: Manager | None = None
         self._logFile: IO[str] | None = None
         self._logObserver: Any = None
@@ -182,12 +181,6 @@ class ManagerService(RPCServerService):
         if self._guiClients is not None and self.gui is not None:
             self._guiClients.url = self.gui.managerURL = local
         log.info("web front-end at {url}ui/", url=url)
-
-    def stopProcess(self) -> None:
-        if self._stopProcessHook is not None:
-            self._stopProcessHook()
-        else:
-            super().stopProcess()
 
     async def _stopServing(self) -> None:
         await super()._stopServing()

@@ -18,14 +18,17 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 import treq
+from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, TimeoutError
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
-from treq.client import HTTPClient
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseFailed
+from twisted.web.iweb import IBodyProducer
 
 from conpaassql.rpc.errors import TransportError, fromWire
 
 DEFAULT_TIMEOUT = 30.0
+#: Bytes read from an uploaded file at a time.
+UPLOAD_READ_SIZE = 256 * 1024
 
 
 class _CountingFile:
@@ -114,7 +117,8 @@ class RPCClient:
         headers[b"content-type"] = [b"application/json"]
         return await self._request(
             lambda: self._http.post(
-                self.url, data=body, headers=headers, timeout=timeout or self.timeout
+                self.url, data=body, headers=headers, timeout=timeout or self.timeout,
+                reactor=self._reactor,
             ),
             method,
         )
@@ -131,8 +135,8 @@ class RPCClient:
         """
         Call an upload method with multipart/form-data: C{params} as plain
         fields, C{files} as C{{field: (filename, open binary file)}} streamed
-        from disk.  C{progress(sent, total)} is called as the body goes out.
-        The timeout (default: none beyond the connection's) covers the whole
+        from disk (or an C{IBodyProducer} of known length, sent as it is).
+        C{progress(sent, total)} is called as a file's bytes go out.  The timeout (default: none beyond the connection's) covers the whole
         upload and the reply.
         """
         data = {"method": method, "jsonrpc": "2.0", "id": str(next(self._ids))}
@@ -140,11 +144,17 @@ class RPCClient:
             data["params"] = json.dumps(dict(params))
         parts: dict[str, Any] = {}
         for field, (filename, f) in files.items():
-            wrapped: Any = _CountingFile(f, progress) if progress else f
-            parts[field] = (filename, "application/octet-stream", wrapped)
+            producer: Any = f
+            if not IBodyProducer.providedBy(f):
+                # An explicit producer: treq adapts only some file types
+                # itself (not, e.g., a file opened "r+b"), 64 KiB at a time.
+                wrapped: Any = _CountingFile(f, progress) if progress else f
+                producer = FileBodyProducer(wrapped, readSize=UPLOAD_READ_SIZE)
+            parts[field] = (filename, "application/octet-stream", producer)
         return await self._request(
             lambda: self._http.post(
-                self.url, data=data, files=parts, headers=self._headers(), timeout=timeout
+                self.url, data=data, files=parts, headers=self._headers(), timeout=timeout,
+                reactor=self._reactor,
             ),
             method,
         )
@@ -158,6 +168,10 @@ class RPCClient:
         except (ConnectError, ConnectingCancelledError) as e:
             raise TransportError(f"{method}: cannot connect to {self.url}: {e}") from None
         except ResponseFailed as e:
+            # treq's timeout cancels the request; once it is sent, the
+            # cancellation comes back wrapped in ResponseFailed.
+            if any(r.check(CancelledError, TimeoutError) for r in e.reasons):
+                raise TransportError(f"{method}: no reply from {self.url} in time") from None
             raise TransportError(f"{method}: connection to {self.url} failed: {e}") from None
         if response.code == 204:
             return None

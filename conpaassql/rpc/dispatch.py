@@ -443,6 +443,17 @@ class Dispatcher:
                 error = self._internal(Failure())
         if notification:
             return None
+        return self.errorReply(error, obj)
+
+    def errorReply(self, error: RPCError, obj: Any) -> bytes:
+        """
+        The reply carrying C{error} for the request (or the request-like
+        fields) C{obj}: its envelope and id, as far as they can be told.
+        """
+        v2 = isinstance(obj, dict) and obj.get("jsonrpc") == "2.0"
+        requestId = obj.get("id") if isinstance(obj, dict) else None
+        if not _validId(requestId):
+            requestId = None
         reply = (
             {"jsonrpc": "2.0", "error": error.toDict(), "id": requestId}
             if v2

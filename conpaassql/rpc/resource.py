@@ -14,15 +14,17 @@ anything else is looked at, and gets exactly one reply.
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import tempfile
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from twisted.web.server import NOT_DONE_YET
@@ -89,11 +91,13 @@ def _isMultipart(request: http.Request) -> bool:
 class RPCRequest(server.Request):
     """
     A request whose body is bounded: JSON bodies by C{site.maxBody}, uploads
-    by C{site.maxUpload}.  Twisted's own (in-memory) form parsing is off.
+    by C{site.maxUpload}.  Twisted's own form parsing is off: it reads a
+    multipart body whole into memory (several times over) to fill
+    C{request.args}; L{RPCResource} parses the body itself, from disk.
     """
 
-    _parsePOSTFormSubmission = False
     tooLarge = False
+    _body: Any = None
     _received = 0
     _limit = DEFAULT_MAX_BODY
 
@@ -109,6 +113,21 @@ class RPCRequest(server.Request):
             super().gotLength(length)
         else:
             self.content = tempfile.TemporaryFile(dir=getattr(site, "uploadDir", None))
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # http.Request.requestReceived parses form bodies (whatever the Site's
+        # parsePOSTFormSubmission, which older Twisted versions lack) when the
+        # body is not empty: show it an empty one, and restore the real one
+        # before the resource sees the request (in process()).
+        self._body = self.content
+        self.content = io.BytesIO()
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        if self._body is not None:
+            self.content, self._body = self._body, None
+            self.content.seek(0)
+        super().process()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.tooLarge:
@@ -142,9 +161,6 @@ def makeSite(
 ) -> server.Site:
     site = server.Site(root, logFormatter=_accessLogFormatter)
     site.requestFactory = RPCRequest
-    # Request.__init__ copies this from the site, over RPCRequest's class
-    # attribute: without it Twisted parses a multipart body into memory.
-    site._parsePOSTFormSubmission = False
     site.displayTracebacks = False
     site.maxBody = maxBody  # type: ignore[attr-defined]
     site.maxUpload = maxUpload  # type: ignore[attr-defined]
@@ -152,29 +168,63 @@ def makeSite(
     return site
 
 
-class RPCRoot(resource.Resource):
+class ConnectionTracker(WrappingFactory):
     """
-    A site's root: the JSON-RPC resource at C{/} (which also answers every
-    path that is not a child, with its JSON not-found error), beside named
-    children (C{putChild}), e.g. the web front-end at C{ui}.
+    Wraps a server factory (a L{makeSite} site) to know its open
+    connections, so that a service can close them when it stops: stopping
+    to listen leaves accepted connections (idle keep-alive ones included)
+    open, with the HTTP channel's timeout pending.
+
+    Listen on the tracker instead of the site::
+
+        tracker = ConnectionTracker(site)
+        port = await endpoint.listen(tracker)
+        ...
+        await port.stopListening()
+        await tracker.closeConnections(reactor)
     """
 
-    def __init__(self, rpc: RPCResource) -> None:
-        super().__init__()
-        self.rpc = rpc
+    def __init__(self, wrappedFactory: Any) -> None:
+        super().__init__(wrappedFactory)
+        self._lost: dict[ProtocolWrapper, Deferred[None]] = {}
 
-    def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.IResource:
-        child = self.children.get(path)
-        if child is not None:
-            return child
-        # Not a child: the JSON-RPC resource answers, seeing the whole path.
-        assert request.postpath is not None and request.prepath is not None
-        request.postpath.insert(0, request.prepath.pop())
-        rpc: Any = self.rpc
-        return rpc
+    def registerProtocol(self, p: ProtocolWrapper) -> None:
+        super().registerProtocol(p)
+        self._lost[p] = Deferred()
 
-    def render(self, request: server.Request) -> int | bytes:
-        return self.rpc.render(request)
+    def unregisterProtocol(self, p: ProtocolWrapper) -> None:
+        super().unregisterProtocol(p)
+        lost = self._lost.pop(p, None)
+        if lost is not None:
+            lost.callback(None)
+
+    def closeConnections(self, reactor: Any, grace: float = 5.0) -> Deferred[None]:
+        """
+        Close every open connection: pending output is flushed first, and a
+        connection still open after C{grace} seconds is aborted.
+
+        @return: a Deferred firing with L{None} once every connection is
+            gone.  It does not fail.
+        """
+        waiting = list(self._lost.values())
+        for p in list(self._lost):
+            if p.transport is not None:
+                p.transport.loseConnection()
+
+        def abort() -> None:
+            for p in list(self._lost):
+                if p.transport is not None:
+                    p.transport.abortConnection()  # type: ignore[attr-defined]
+
+        timer = reactor.callLater(grace, abort) if waiting else None
+        d: Deferred[Any] = DeferredList(waiting)
+
+        def done(_: Any) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
+
+        d.addCallback(done)
+        return d
 
 
 def _arg(request: http.Request, name: bytes) -> str | None:
@@ -186,6 +236,7 @@ def _arg(request: http.Request, name: bytes) -> str | None:
 
 def _requestFromFields(fields: dict[str, str]) -> dict[str, Any]:
     """A request object from GET query or form fields."""
+    fields = dict(fields)
     obj: dict[str, Any] = {}
     if "method" in fields:
         obj["method"] = fields.pop("method")
@@ -262,6 +313,7 @@ class RPCResource(resource.Resource):
 
     async def _answer(self, request: server.Request) -> tuple[int, bytes | None]:
         uploads = None
+        fields: dict[str, str] | None = None
         if request.method in (b"GET", b"HEAD"):
             fields = {
                 k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
@@ -270,35 +322,46 @@ class RPCResource(resource.Resource):
             }
             if not fields:
                 return 200, encode(self._usage())
-            payload: Any = _requestFromFields(fields)
         elif _isMultipart(request):
             content: BinaryIO = request.content
             ctype = request.getHeader("content-type") or ""
-            fields, uploads = await deferToThread(parseMultipart, content, ctype)
-            payload = _requestFromFields(fields)
-            if not self.dispatcher.isUpload(str(payload.get("method"))) and uploads:
+            formFields, uploads = await deferToThread(parseMultipart, content, ctype)
+            if not self.dispatcher.isUpload(str(formFields.get("method"))) and uploads:
                 uploads = None
+            fields = formFields
         else:
             request.content.seek(0)
             body = request.content.read()
-            payload = self._decodeBody(request, body)
+            fields = self._formFields(request, body)
+            if fields is None:
+                payload: Any = self._decodeBody(body)
+        if fields is not None:
+            try:
+                payload = _requestFromFields(fields)
+            except RPCError as e:
+                # The id and envelope are known even when 'params' is not JSON.
+                return 200, self.dispatcher.errorReply(e, fields)
         reply = await self.dispatcher.handle(payload, uploads)
         if reply is None:
             return 204, None
         return 200, reply
 
-    def _decodeBody(self, request: server.Request, body: bytes) -> Any:
+    def _formFields(self, request: server.Request, body: bytes) -> dict[str, str] | None:
+        """The fields of a form-urlencoded body, or None for a JSON body."""
         ctype = (request.getHeader("content-type") or "").lower()
-        stripped = body.lstrip()
-        if ctype.startswith("application/x-www-form-urlencoded") and stripped[:1] not in (
+        if not ctype.startswith("application/x-www-form-urlencoded") or body.lstrip()[:1] in (
             b"{",
             b"[",
         ):
-            try:
-                form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-            except UnicodeDecodeError:
-                raise ParseError("request body is not valid UTF-8") from None
-            return _requestFromFields({k: v[0] for k, v in form.items() if v})
+            return None
+        try:
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise ParseError("request body is not valid UTF-8") from None
+        return {k: v[0] for k, v in form.items() if v}
+
+    def _decodeBody(self, body: bytes) -> Any:
+        stripped = body.lstrip()
         if not stripped:
             raise InvalidRequest(
                 "empty request body; send a JSON-RPC object such as "
@@ -351,4 +414,32 @@ class RPCResource(resource.Resource):
         return encode({"result": None, "error": error.toDict(), "id": None})
 
 
-__all__ = ["InternalError", "RPCRequest", "RPCResource", "RPCRoot", "TokenAuth", "makeSite"]
+class RPCRoot(resource.Resource):
+    """
+    A service's URL space: named children (such as the agent's
+    C{/snapshot}) and, for everything else, the JSON-RPC resource (which answers unknown paths
+    with its own JSON 404).
+    """
+
+    def __init__(self, rpc: Any, children: dict[bytes, Any]) -> None:
+        super().__init__()
+        self.rpc = rpc
+        for name, child in children.items():
+            self.putChild(name, child)
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        # Give the path segment back: the RPC resource checks it is "/".
+        request.postpath.insert(0, path)
+        request.prepath.pop()
+        return self.rpc
+
+
+__all__ = [
+    "ConnectionTracker",
+    "InternalError",
+    "RPCRequest",
+    "RPCResource",
+    "RPCRoot",
+    "TokenAuth",
+    "makeSite",
+]

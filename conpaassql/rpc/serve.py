@@ -8,6 +8,7 @@ on to a file in its state directory once it listens.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application import service
@@ -19,7 +20,13 @@ from twisted.web.resource import IResource
 
 from conpaassql.common.files import read_or_create_token, write_file_atomic
 from conpaassql.rpc.dispatch import Dispatcher, Introspection
-from conpaassql.rpc.resource import RPCResource, RPCRoot, TokenAuth, makeSite
+from conpaassql.rpc.resource import (
+    ConnectionTracker,
+    RPCResource,
+    RPCRoot,
+    TokenAuth,
+    makeSite,
+)
 
 __all__ = ["RPCServerService", "ServiceOptions", "serviceOptions"]
 
@@ -78,8 +85,12 @@ class RPCServerService(service.MultiService):
     #: What the log calls this service's API.
     what = "API"
 
-    def __init__(self, stateDir: str, listen: str, tokenFile: str, *, reactor: Any = None
-                 ) -> None:
+    def __init__(self, stateDir: str, listen: str, tokenFile: str, *, reactor: Any = None,
+                 stopProcess: Callable[[], None] | None = None) -> None:
+        """
+        @param stopProcess: what L{stopProcess} does instead of stopping the
+            reactor (tests running the service in-process pass one).
+        """
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -94,6 +105,8 @@ class RPCServerService(service.MultiService):
         #: The site's root once served; other resources beside the API.
         self.root: RPCRoot | None = None
         self._children: dict[bytes, IResource] = {}
+        self._stopProcessHook = stopProcess
+        self._connections: ConnectionTracker | None = None
 
     def addChild(self, name: str, child: IResource) -> None:
         """
@@ -122,17 +135,29 @@ class RPCServerService(service.MultiService):
         log.info("API token is in {path} (mode 0600)", path=self.tokenFile)
         return token, uploads
 
-    def serve(self, providers: list[object], token: str, **siteOptions: Any) -> None:
-        """Answer the methods of C{providers} (and list_methods) on the endpoint."""
+    def serve(
+        self,
+        providers: list[object],
+        token: str,
+        *,
+        children: Mapping[bytes, IResource] | None = None,
+        **siteOptions: Any,
+    ) -> None:
+        """
+        Answer the methods of C{providers} (and list_methods) on the
+        endpoint, at C{/}; C{children} are other resources of the site, by
+        their first path segment (they do their own authentication).
+        """
         dispatcher = Dispatcher(*providers)
         dispatcher.collect(Introspection(dispatcher))
-        self.root = RPCRoot(
-            RPCResource(dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}"))
+        rpc: IResource = RPCResource(
+            dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}")
         )
-        for name, child in self._children.items():
-            self.root.putChild(name, child)
+        # Always a root with children: more can be added (addChild) later.
+        self.root = RPCRoot(rpc, {**self._children, **dict(children or {})})
         site = makeSite(self.root, **siteOptions)
-        d = endpoints.serverFromString(self.reactor, self.listen).listen(site)
+        self._connections = ConnectionTracker(site)
+        d = endpoints.serverFromString(self.reactor, self.listen).listen(self._connections)
         d.addCallbacks(self._listening, self._listenFailed)
 
     def listeningAt(self, url: str) -> None:
@@ -156,7 +181,9 @@ class RPCServerService(service.MultiService):
 
     def stopProcess(self) -> None:
         """End the process (after a shutdown call, or when it cannot listen)."""
-        if self.reactor.running:
+        if self._stopProcessHook is not None:
+            self._stopProcessHook()
+        elif self.reactor.running:
             self.reactor.stop()
         else:
             # A listen failure is reported while twistd starts the services,
@@ -165,11 +192,18 @@ class RPCServerService(service.MultiService):
             self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Deferred[None]:
-        """Stop listening, then stop the children (which wait for their work)."""
+        """
+        Stop listening, close the connections already accepted (idle
+        keep-alive ones would otherwise stay open, with their timeouts
+        pending), then stop the children (which wait for their work).
+        """
         return Deferred.fromCoroutine(self._stopServing())
 
     async def _stopServing(self) -> None:
         if self.port is not None:
             port, self.port = self.port, None
             await port.stopListening()
+        if self._connections is not None:
+            connections, self._connections = self._connections, None
+            await connections.closeConnections(self.reactor)
         await super().stopService()
