@@ -20,7 +20,7 @@ Last measured (2026-11-25, the 2-core machine shared with other helpers'
 test runs; 7 runs each, medians): with the least load (load average ~3)
 bare MariaDB 0.74 s, add_nodes -> RUNNING 0.81 s, ratio 1.10x;
 mariadb-install-db 0.58 s against a template copy 0.07 s.  Under heavy load
-(load average 5-9, four more sessions) 0.62x, 0.70x, 0.76x and 0.73x: the
+(load average 5-9) 0.62x, 0.70x, 0.76x and 0.73x (9 runs): the
 installer suffers more from the load than the copy.  Run 1 pays for making
 the template (2.5 to 5.4 s then).  Before the template: 0.61 s against
 1.05 s, 1.73x.
