@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -86,8 +87,6 @@ def user_option() -> list[str]:
     """
     C{--user=<us>} when running as root (the server refuses root otherwise).
     """
-    import pwd
-
     if os.geteuid() != 0:
         return []
     try:

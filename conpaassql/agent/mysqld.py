@@ -37,7 +37,6 @@ of awaits on child processes and threads, not a reaction to single inputs.
 from __future__ import annotations
 
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -411,13 +410,6 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-def _user_name() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
 
 
 def _client_option_file(options: Mapping[str, str | int]) -> str:
@@ -848,9 +840,7 @@ class ManagedServer(_ServerBase):
         await self._end_orphan()
         self._rotate_error_log()
 
-        argv = [binary, f"--defaults-file={self.mycnf_path}"]
-        if os.geteuid() == 0:
-            argv.append(f"--user={_user_name()}")
+        argv = [binary, f"--defaults-file={self.mycnf_path}", *initdb.user_option()]
         proto = _ChildProcess(
             self._reactor, "mariadbd", self.error_log_path, on_exit=self._process_ended
         )
