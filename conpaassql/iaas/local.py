@@ -366,7 +366,6 @@ class _Launcher(_Child):
         self.done = False
         self._waiters: list[Deferred[None]] = []
 
-
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._output += data
         del self._output[:-4096]
@@ -403,7 +402,6 @@ class _TemplateMaker(_Child):
         self.output = {1: bytearray(), 2: bytearray()}
         self.code: int | None = None
         self.ended: Deferred[None] = Deferred()
-
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         buffer = self.output.setdefault(childFD, bytearray())
