@@ -334,6 +334,11 @@ class ManagerTLSTests(TestCase):
                           reactor=reactor, timeout=60)
         self.addCleanup(plain.close)
         self.assertEqual((await plain.call("list_nodes")), {"serviceNode": []})
+        # The web front-end mounted in the manager calls the API over TLS too.
+        assert service._guiClients is not None
+        self.assertTrue(service._guiClients.url.startswith("https://127.0.0.1:"))
+        self.assertEqual(await service._guiClients.forToken(token).call("list_nodes"),
+                         {"serviceNode": []})
         # The command-line client verifies it with --ca-cert (and refuses it without).
         httpsUrl = f"https://127.0.0.1:{port.getHost().port}/"
         tokenPath = os.path.join(cloud.stateDir, "api-token")

@@ -7,6 +7,8 @@ database server are set up when the service starts.
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from typing import Any
 
 from twisted.application import service
@@ -49,6 +51,10 @@ class Options(ServiceOptions):
         ["ca-cert", None, None,
          ("The service CA (PEM): clients must present a certificate it issued (mutual TLS), "
           "and peers are verified by it.")],
+        ["datadir-template", None, None,
+         "Managed mode: a template data directory to copy for a new instance instead of "
+         "running mariadb-install-db (made by python -m conpaassql.agent.initdb; "
+         "overrides [agent] datadir_template)."],
     ]
 
     def loadConfig(self, path: str | None) -> AgentConfig:
@@ -56,8 +62,14 @@ class Options(ServiceOptions):
             self["max-upload"] = int(self["max-upload"])
         except ValueError:
             raise usage.UsageError("--max-upload must be a number of bytes") from None
+        config = load_config(path)
+        template = self["datadir-template"]
+        if template is not None:
+            if not os.path.isabs(template):
+                raise usage.UsageError("--datadir-template must be an absolute path")
+            config = replace(config, server=replace(config.server, datadir_template=template))
         self["tls"] = serverTLSOptions(self, "--tls-cert", "--tls-key", "--ca-cert")
-        return load_config(path)
+        return config
 
 
 class AgentService(RPCServerService):

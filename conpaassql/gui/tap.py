@@ -45,14 +45,20 @@ class ManagerClients:
     stop.
     """
 
-    def __init__(self, url: str, *, reactor: Any, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, reactor: Any, timeout: float = 30.0,
+                 tls: Any = None) -> None:
+        """
+        @param tls: how an C{https} manager is verified (an C{IPolicyForHTTPS},
+            e.g. L{conpaassql.common.tls.ClientTLS}); default: the system's.
+        """
         self.url = url
         self._reactor = reactor
         self._timeout = timeout
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 8
         self._pool.retryAutomatically = False
-        self._http = HTTPClient(Agent(reactor, pool=self._pool, connectTimeout=10.0))
+        policy = {"contextFactory": tls} if tls is not None else {}
+        self._http = HTTPClient(Agent(reactor, pool=self._pool, connectTimeout=10.0, **policy))
 
     def forToken(self, token: str) -> RPCClient:
         return RPCClient(self.url, token, reactor=self._reactor, httpClient=self._http,
@@ -129,11 +135,7 @@ class GUIService(service.Service):
         root = resource.Resource()
         root.putChild(b"", Redirect(b"/ui/"))
         root.putChild(b"ui", gui)
-        site = makeSite(root, uploadDir=uploads)
-        # RPCRequest's class attribute does not stop Twisted from parsing
-        # multipart bodies into memory (Request.__init__ copies the Site's
-        # setting): turn it off on the site, so uploads stay on disk.
-        site._parsePOSTFormSubmission = False
+        site = makeSite(root, uploadDir=uploads)  # uploads stay on disk
         d = endpoints.serverFromString(self.reactor, self.listen).listen(site)
         d.addCallbacks(self._listening, self._listenFailed)
 

@@ -45,7 +45,6 @@ from twisted.web.template import Tag
 
 from conpaassql.gui import model, pages
 from conpaassql.gui.session import Session, SessionStore, newSessionId
-from conpaassql.rpc.dispatch import Upload
 from conpaassql.rpc.errors import UNAUTHORIZED, RPCError, TransportError
 from conpaassql.rpc.multipart import parseMultipart
 
@@ -78,36 +77,6 @@ class _Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class _SpoolRange:
-    """
-    A read-only file over one uploaded file's byte range of the spooled
-    request body, for the HTTP client's body producer (which reads, seeks
-    and tells).
-    """
-
-    def __init__(self, upload: Upload) -> None:
-        self._upload = upload
-        self._pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = self._upload.size - self._pos
-        data = self._upload.read(self._pos, n)
-        self._pos += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._upload.size}[whence]
-        self._pos = max(0, min(self._upload.size, base + offset))
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def close(self) -> None:
-        pass
 
 
 def _spoolToFile(content: IO[bytes], directory: str | None) -> IO[bytes]:
@@ -645,7 +614,7 @@ class GUIResource(resource.Resource):
                         "send_mysqldump",
                         {"serviceNodeId": id},  # type: ignore[dict-item]
                         {"mysqldump": (upload.filename or "dump.sql",
-                                       FileBodyProducer(_SpoolRange(upload)))},
+                                       FileBodyProducer(upload.reader()))},
                     )
                 )
         finally:

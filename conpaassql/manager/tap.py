@@ -18,14 +18,18 @@ from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
 from twisted.python import usage
 
 from conpaassql.common.config import ConfigError
+from conpaassql.common.files import read_or_create_token
 from conpaassql.common.tls import (
     CA_CERT_FILE,
+    ClientTLS,
     ServiceCA,
     ServiceTLS,
     isTLSEndpoint,
     listenInterface,
     plainOffLocalhost,
 )
+from conpaassql.gui.tap import ManagerClients
+from conpaassql.gui.web import GUIResource, makeGUIResource
 from conpaassql.iaas.base import DriverConfigError, IaaSDriver
 from conpaassql.manager import drivers
 from conpaassql.manager.api import ManagerAPI
@@ -40,6 +44,8 @@ log = Logger()
 DEFAULT_LISTEN = "tcp:50000:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "~/.local/state/conpaassql/manager"
 REGISTRY_FILE = "registry.sqlite"
+#: The key of the web front-end's CSRF tokens, in the state directory (0600).
+GUI_SECRET_FILE = "gui-secret"
 
 
 def checkDriver(config: ManagerConfig, reactor: Any) -> None:
@@ -118,9 +124,23 @@ class Options(ServiceOptions):
         return config
 
 
+def loopbackURL(host: str, port: int) -> str:
+    """
+    A URL of this host's service listening on C{host}: loopback for a
+    wildcard address.
+    """
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 class ManagerService(RPCServerService):
     """
-    The manager: its core (L{Manager}, a child service) and its HTTP API.
+    The manager: its core (L{Manager}, a child service) and its HTTP API:
+    JSON-RPC at C{/}, the web front-end at C{/ui/}, and whatever else is
+    mounted with L{addChild}.
     """
 
     urlFile = "manager-url"
@@ -151,6 +171,8 @@ class ManagerService(RPCServerService):
         self.tls: ServiceTLS | None = None
         self._logFile: IO[str] | None = None
         self._logObserver: Any = None
+        self.gui: GUIResource | None = None
+        self._guiClients: ManagerClients | None = None
 
     def _makeDriver(self, serviceTag: str) -> IaaSDriver:
         return drivers.makeDriver(
@@ -193,15 +215,39 @@ class ManagerService(RPCServerService):
             tls=self.tls,
         )
         self.manager.setServiceParent(self)
+        self._mountGUI()
         super().startService()
         self.serve([ManagerAPI(self.manager)], token, uploadDir=uploads)
+
+    def _mountGUI(self) -> None:
+        """
+        The web front-end at C{/ui/}: it calls this manager's API over HTTP,
+        at its listening URL once known, as any client does.
+        """
+        secret = read_or_create_token(os.path.join(self.stateDir, GUI_SECRET_FILE))
+        # With TLS, the front-end calls the API verifying it by the service CA.
+        tls = ClientTLS(self.tls.ca.certificate) if self.tls is not None else None
+        self._guiClients = ManagerClients("http://unset/", reactor=self.reactor, tls=tls)
+        self.gui = makeGUIResource(self._guiClients.forToken, reactor=self.reactor,
+                                   secret=secret.encode("utf-8"))
+        self.addChild("ui", self.gui)
 
     def listeningAt(self, url: str) -> None:
         assert self.manager is not None
         self.manager.setManagerUrl(self.config.manager_url or nodeFacingUrl(url))
+        host = self.port.getHost()
+        local = loopbackURL(host.host, host.port)
+        if isTLSEndpoint(self.listen):
+            local = "https" + local[len("http"):]
+        if self._guiClients is not None and self.gui is not None:
+            self._guiClients.url = self.gui.managerURL = local
+        log.info("web front-end at {url}ui/", url=url)
 
     async def _stopServing(self) -> None:
         await super()._stopServing()
+        if self._guiClients is not None:
+            clients, self._guiClients = self._guiClients, None
+            await clients.close()
         if self._logObserver is not None:
             globalLogPublisher.removeObserver(self._logObserver)
             self._logObserver = None

@@ -66,6 +66,13 @@ class Upload:
             return b""
         return os.pread(self.fd, length, self.start + offset)
 
+    def reader(self) -> UploadReader:
+        """
+        A read-only file over this upload (e.g. for
+        C{twisted.web.client.FileBodyProducer}, to stream it on).
+        """
+        return UploadReader(self)
+
     def chunks(self, chunkSize: int = 256 * 1024) -> Iterator[bytes]:
         offset = 0
         while offset < self.size:
@@ -74,6 +81,37 @@ class Upload:
                 return
             offset += len(chunk)
             yield chunk
+
+
+class UploadReader:
+    """
+    A read-only file over an L{Upload}'s byte range (read with C{os.pread}
+    through L{Upload.read}), so a file is streamed on from the spool file
+    it arrived in and never held in memory.  Each reader has its own
+    position: the same upload can be sent to several places at once.
+    """
+
+    def __init__(self, upload: Upload) -> None:
+        self._upload = upload
+        self._offset = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._upload.size - self._offset
+        data = self._upload.read(self._offset, size)
+        self._offset += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._offset, os.SEEK_END: self._upload.size}
+        self._offset = max(0, base[whence] + offset)
+        return self._offset
+
+    def tell(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        pass
 
 
 def _typeName(value: Any) -> str:

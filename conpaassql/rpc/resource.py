@@ -161,6 +161,9 @@ def makeSite(
 ) -> server.Site:
     site = server.Site(root, logFormatter=_accessLogFormatter)
     site.requestFactory = RPCRequest
+    # Off on the site too, where Twisted has the setting (Request.__init__
+    # copies it); RPCRequest.requestReceived covers older versions.
+    site._parsePOSTFormSubmission = False
     site.displayTracebacks = False
     site.maxBody = maxBody  # type: ignore[attr-defined]
     site.maxUpload = maxUpload  # type: ignore[attr-defined]
