@@ -511,8 +511,12 @@ class ReplicationCoordinator:
                 continue
             setup.pop("poll_error", None)
             phase = status.get("phase")
-            if isinstance(status.get("bytes"), int):
-                setup["bytes"] = status["bytes"]
+            last = status.get("last_setup")
+            for source in (status, last if isinstance(last, dict) else {}):
+                if isinstance(source.get("bytes"), int):
+                    setup["bytes"] = source["bytes"]
+                if isinstance(source.get("phase_seconds"), dict):
+                    setup["phase_seconds"] = source["phase_seconds"]
             if status.get("role") == "slave" and phase == "replicating":
                 setup["phase"] = "replicating"
                 setup["ended"] = self.clock.seconds()
