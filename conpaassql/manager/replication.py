@@ -278,6 +278,9 @@ class ReplicationCoordinator:
             coordinates = await self._call(node, "set_up_replica_master", {
                 "server_id": node.id, "repl_user": REPL_USER,
                 "repl_password": await self.password()})
+            # Its server may have restarted (binary log on): see it up again
+            # now, not at the next poll.
+            await self.manager._probe(node)
             await self._setRole(node, MASTER)
         finally:
             self._masterBusy = False
@@ -307,6 +310,8 @@ class ReplicationCoordinator:
             if self.error is None:
                 return await self.setUpMaster(nodeId)
             return await self._resumeFollow(node)
+        if self.settingUp(nodeId):
+            raise Conflict(f"node {nodeId} is being set up as a slave; wait until it ends")
         if node.core.record.role != SLAVE:
             raise WrongState(f"node {nodeId} is not a slave of the master (node {old.id}); "
                              "make it a slave first (set_up_replica_slave)")
@@ -325,6 +330,7 @@ class ReplicationCoordinator:
             step["step"] = "promote"
             await self.manager.registry.setMeta(_SWITCHOVER, json.dumps(step))
             await self._call(node, "promote")
+            await self.manager._probe(node)
             followers.append(old)
             step.update(step="follow", followers=[n.id for n in followers])
             await self.manager.registry.setMeta(_SWITCHOVER, json.dumps(step))
