@@ -306,6 +306,16 @@ class CoordinatorTests(SynchronousTestCase):
         self.assertFalse(d.called)
         hold.callback({"return": {"role": "master"}})
 
+    def test_promote_refused_old_master_writable_again(self) -> None:
+        self.makeMasterAndSlaves()
+        self.cluster.failures["promote"] = OperationFailed("cannot write my.cnf")
+        e = self.fails(self.r.setUpMaster(2), OperationFailed)
+        self.assertIn("cannot write my.cnf", e.message)
+        self.assertEqual(self.cluster.of(1)["read_only"], False)
+        self.assertEqual([self.h.info(i)["role"] for i in (1, 2, 3)],
+                         ["MASTER", "SLAVE", "SLAVE"])
+        self.assertNotIn("replication_error", self.h.manager.serviceInfo())
+
     def test_writes_go_to_the_master(self) -> None:
         nodes, notes = self.ok(self.h.manager.writeTargets("all"))
         self.assertEqual(([n.id for n in nodes], notes), ([1, 2, 3], {}))
@@ -386,6 +396,7 @@ class SamplerTests(SynchronousTestCase):
         h.poll()
         clock.advance(5)  # the default fake answers "OK": not a sample
         self.assertEqual(h.manager.performance.report()["nodes"], {})
+
 
 
 

@@ -329,7 +329,11 @@ class ReplicationCoordinator:
             position = await self._stopWrites(old, [node, *followers])
             step["step"] = "promote"
             await self.manager.registry.setMeta(_SWITCHOVER, json.dumps(step))
-            await self._call(node, "promote")
+            try:
+                await self._call(node, "promote")
+            except Exception:
+                await self._undoReadOnly(old)
+                raise
             await self.manager._probe(node)
             followers.append(old)
             step.update(step="follow", followers=[n.id for n in followers])
@@ -400,14 +404,19 @@ class ReplicationCoordinator:
                     "switchover abandoned, the old master is writable again: "
                     + "; ".join(failed))
         except BaseException:
-            try:
-                await self._call(old, "set_read_only", {"value": False})
-            except Exception as e:
-                log.error("node {node}: could not make the old master writable again: {why}",
-                          node=old.id, why=_describe(e))
-            await self.manager.registry.setMeta(_SWITCHOVER, None)
+            await self._undoReadOnly(old)
             raise
         return position
+
+    async def _undoReadOnly(self, old: Node) -> None:
+        """A switchover failed before the promotion: the old master takes writes again."""
+        try:
+            await self._call(old, "set_read_only", {"value": False})
+        except Exception as e:
+            log.error("node {node}: could not make the old master writable again: {why}",
+                      node=old.id, why=_describe(e))
+            return
+        await self.manager.registry.setMeta(_SWITCHOVER, None)
 
     async def _follow(self, node: Node, master: Node, position: str) -> None:
         setup = self.setups[node.id]
