@@ -23,9 +23,9 @@ from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import Conflict, WrongState
+from tests import test_manager_local
 from tests.support.mariadb import skip_unless_mariadb
 from tests.test_iaas_local import localCloud
-from tests import test_manager_local
 from tests.test_manager_local import WAIT, nodesIn, until
 
 reactor: Any = _reactor
