@@ -44,6 +44,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from conpaassql.manager.errors import describe
 from conpaassql.rpc.errors import Conflict, OperationFailed, RPCError, WrongState
 
 if TYPE_CHECKING:
@@ -74,10 +75,7 @@ _SHOWN = (
 )
 
 
-def _describe(e: BaseException) -> str:
-    from conpaassql.manager.service import _describe as describe
-
-    return describe(e)
+_describe = describe
 
 
 class ReplicationCoordinator:
