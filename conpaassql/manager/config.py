@@ -22,7 +22,7 @@ An INI file in the original's shape, read once into a frozen dataclass::
     manager_url =             ; the URL nodes reach the manager at (default: the listening one)
     logfile =                 ; also write the log to this file
     metrics_interval = 5      ; seconds between performance samples of the nodes
-    switchover_timeout = 30   ; seconds a switchover waits for the new master to catch up
+    switchover_timeout = 20   ; seconds a switchover waits for the new master to catch up
 
 Every problem is collected and reported together in one L{ConfigError};
 unknown sections and keys are problems, and so is a driver whose module
@@ -68,7 +68,7 @@ class ManagerConfig:
     logfile: str | None = None
     manager_url: str | None = None
     metrics_interval: float = 5.0
-    switchover_timeout: float = 30.0
+    switchover_timeout: float = 20.0
 
     @property
     def bootPollInterval(self) -> float:
