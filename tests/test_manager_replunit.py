@@ -316,6 +316,16 @@ class CoordinatorTests(SynchronousTestCase):
                          ["MASTER", "SLAVE", "SLAVE"])
         self.assertNotIn("replication_error", self.h.manager.serviceInfo())
 
+    def test_no_switchover_while_seeding(self) -> None:
+        self.ok(self.r.setUpMaster(1))
+        self.ok(self.r.attachSlave(2))
+        self.settle()
+        self.cluster.holdSeed.add(3)
+        self.ok(self.r.attachSlave(3))
+        e = self.fails(self.r.setUpMaster(2), Conflict)
+        self.assertIn("nodes 3 are being set up", e.message)
+        self.assertNotIn("set_read_only", self.cluster.methods(1))
+
     def test_writes_go_to_the_master(self) -> None:
         nodes, notes = self.ok(self.h.manager.writeTargets("all"))
         self.assertEqual(([n.id for n in nodes], notes), ([1, 2, 3], {}))

@@ -310,6 +310,10 @@ class ReplicationCoordinator:
             return await self._resumeFollow(node)
         if self.settingUp(nodeId):
             raise Conflict(f"node {nodeId} is being set up as a slave; wait until it ends")
+        pending = sorted(i for i in self.setups if self.settingUp(i))
+        if pending:
+            raise Conflict(f"nodes {', '.join(map(str, pending))} are being set up as slaves; "
+                           "a switchover must wait until they are done", {"nodes": pending})
         if node.core.record.role != SLAVE:
             raise WrongState(f"node {nodeId} is not a slave of the master (node {old.id}); "
                              "make it a slave first (set_up_replica_slave)")
