@@ -24,6 +24,8 @@ An INI file in the original's shape, read once into a frozen dataclass::
                               ; TLS); off: plain http; auto: on except on the LOCAL driver
     tls_names =               ; more names/addresses for the manager's certificate (comma-separated)
     logfile =                 ; also write the log to this file
+    metrics_interval = 5      ; seconds between performance samples of the nodes
+    switchover_timeout = 20   ; seconds a switchover waits for the new master to catch up
 
 Every problem is collected and reported together in one L{ConfigError};
 unknown sections and keys are problems, and so is a driver whose module
@@ -68,6 +70,8 @@ class ManagerConfig:
     agent_port: int = 60000
     logfile: str | None = None
     manager_url: str | None = None
+    metrics_interval: float = 5.0
+    switchover_timeout: float = 20.0
     #: "on", "off" or "auto" (see L{useTLS}).  Off by default, as the
     #: original: nodes of an existing service keep the scheme they were
     #: made with, and plain-HTTP tools (the simulator's fake agents) stay
@@ -102,6 +106,8 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "agent_call_timeout": (float, 1, 86400),
     "upload_timeout": (float, 1, 7 * 86400),
     "agent_port": (int, 1, 65535),
+    "metrics_interval": (float, 0.05, 3600),
+    "switchover_timeout": (float, 1, 3600),
 }
 _MANAGER_KEYS = (*_NUMBERS, "poll_agents_timer", "logfile", "manager_url", "tls", "tls_names")
 _SWITCH = {"on": "on", "true": "on", "yes": "on", "1": "on",

@@ -142,6 +142,8 @@ class NodeCore:
         self.lastProbeError: str | None = None
         #: How often the manager asked the agent to start its server again.
         self.startAttempts = 0
+        #: Milliseconds the last successful probe took.
+        self.probeMs: float | None = None
         self._writes: list[Deferred[None]] = []
 
     @property
