@@ -672,3 +672,55 @@ class LibcloudUserDataTLSTests(TestCase):
             url, "tok-tls", persistent=False, timeout=10,
             tls=ClientTLS(ca.certificate, hostname=name)).call("get_server_state")),
             TransportError)
+
+
+class ManagerReplicationTLSTests(TestCase):
+    """
+    A real manager with tls = on (LOCAL driver): the master and a seeded
+    slave; the slave's agent pulls the master's snapshot over mutual TLS.
+    """
+
+    skip = skip_unless_mariadb()
+    timeout = 600
+
+    async def test_seeded_slave(self) -> None:
+        cloud = localCloud(self)
+        service = ManagerService(
+            cloud.stateDir, ManagerConfig(poll_interval=0.25, boot_timeout=WAIT, tls="on"),
+            "tcp:0:interface=127.0.0.1", os.path.join(cloud.stateDir, "api-token"),
+            reactor=reactor, stopProcess=lambda: None,
+        )
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        port = await service.listening
+        with open(os.path.join(cloud.stateDir, "api-token")) as f:
+            token = f.read().strip()
+        client = RPCClient(f"http://127.0.0.1:{port.getHost().port}/", token, reactor=reactor,
+                           timeout=60)
+        self.addCleanup(client.close)
+        await client.call("add_nodes", {"function": "agent", "count": 2})
+        await until(lambda: nodesIn(client, "RUNNING", [1, 2]), "two RUNNING nodes")
+        await client.call("set_up_replica_master", {"id": 1})
+        await client.call("configure_user", {"serviceNodeId": 1, "username": "app",
+                                             "password": "s3cret pw"})
+        seeding = await client.call("set_up_replica_slave", {"id": 2})
+        self.assertEqual(seeding["state"], "SEEDING")
+
+        async def slave() -> bool:
+            info = (await client.call("get_node_info", {"serviceNodeId": 2}))["serviceNode"]
+            setup = info.get("replication", {}).get("setup", {})
+            if setup.get("error"):
+                raise AssertionError(f"node 2: {info}")
+            return bool(info["role"] == "SLAVE" and setup.get("phase") == "replicating")
+
+        await until(slave, "node 2 a seeded SLAVE")
+        users = (await client.call("get_users", {"serviceNodeId": 2}))["2"]
+        self.assertIn("app", [u["username"] for u in users])
+        manager = service.manager
+        assert manager is not None
+        self.assertTrue(all(manager._address(n).startswith("https://")  # type: ignore[union-attr]
+                            for n in manager.nodes.values()))
+        for nodeId in (2, 1):
+            await client.call("remove_nodes", {"serviceNodeId": nodeId})
+            await until(lambda nodeId=nodeId: nodeId not in manager.nodes,
+                        f"node {nodeId} TERMINATED")
