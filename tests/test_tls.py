@@ -40,6 +40,7 @@ from conpaassql.common.tls import (
     plainOffLocalhost,
     readCredential,
 )
+from conpaassql.iaas.onesim import VMBooter
 from conpaassql.manager.config import ConfigError, ManagerConfig, parse_config
 from conpaassql.manager.tap import ManagerService, checkListens
 from conpaassql.rpc.client import RPCClient
@@ -436,8 +437,8 @@ class BootScriptTLSTests(TestCase):
         spec = NodeSpec(1, name, {**context(1, port=port, token="tok-tls"),
                                   **tls.nodeContext(name)})
         info = await driver.create(spec)
-        assert sim.booter is not None
         booter = sim.booter
+        assert isinstance(booter, VMBooter)
         vmDir = booter.vmDir(int(info.vmId))
         self.addCleanup(lambda: _deferred(driver.terminate(info.vmId)))
 
@@ -614,7 +615,7 @@ class ManagerOpenNebulaTLSTests(TestCase):
         info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
         self.assertTrue(info["isRunningMySQL"])
         manager = service.manager
-        assert manager is not None and sim.booter is not None
+        assert manager is not None
         record = manager.nodes[1].core.record
         url = f"https://{info['ip']}:{info['port']}/"
         self.assertEqual(manager._address(manager.nodes[1]), url)
@@ -622,6 +623,7 @@ class ManagerOpenNebulaTLSTests(TestCase):
         await self.assertFailure(_deferred(RPCClient(
             url.replace("https", "http"), record.token, reactor=reactor, timeout=10,
             persistent=False).call("get_server_state")), TransportError)
+        assert isinstance(sim.booter, VMBooter)
         confDir = os.path.join(sim.booter.vmDir(int(info["vm_id"])), "root", "etc", "conpaassql")
         self.assertEqual(_mode(os.path.join(confDir, "agent-tls.key")), 0o600)
         await removeAll()
@@ -644,7 +646,6 @@ class LibcloudUserDataTLSTests(TestCase):
 
         from conpaassql.iaas.base import NodeSpec
         from conpaassql.iaas.libcloud import makeDriver
-        from conpaassql.iaas.onesim import VMBooter
         from tests.support.onesim import free_port
         from tests.test_iaas_libcloud import TAG, NamingDummyNodeDriver, settings
 
