@@ -48,6 +48,16 @@ DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_MAX_UPLOAD = 64 * 1024 * 1024 * 1024
 
 
+def headerText(request: http.Request, name: str) -> str:
+    """
+    A request header's value, or C{""}: decoded as Latin-1, which never
+    fails (C{getHeader} with a str name decodes UTF-8 and raises on a
+    client's invalid bytes).
+    """
+    value = request.getHeader(name.encode("ascii"))
+    return value.decode("latin-1") if value else ""
+
+
 class TokenAuth:
     """
     Bearer-token authentication, compared in constant time.  C{hint} tells a
@@ -61,7 +71,7 @@ class TokenAuth:
         self.hint = hint
 
     def check(self, request: http.Request) -> None:
-        header = request.getHeader("authorization")
+        header = request.getHeader(b"authorization")
         peer = getattr(request.getClientAddress(), "host", "?")
         how = (
             "send the header 'Authorization: Bearer <token>' with the service's API token"
@@ -70,11 +80,11 @@ class TokenAuth:
         if not header:
             log.warn("refused a request from {peer}: no Authorization header", peer=peer)
             raise Unauthorized(f"authentication required: {how}")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
+        scheme, _, presented = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not presented:
             log.warn("refused a request from {peer}: not a Bearer token", peer=peer)
             raise Unauthorized(f"unsupported Authorization scheme: {how}")
-        candidate = presented.strip().encode("utf-8", "replace")
+        candidate = presented.strip()
         ok = False
         for token in self._tokens:
             ok |= hmac.compare_digest(candidate, token)
@@ -84,7 +94,7 @@ class TokenAuth:
 
 
 def _isMultipart(request: http.Request) -> bool:
-    ctype = request.getHeader("content-type") or ""
+    ctype = headerText(request, "content-type")
     return ctype.lower().startswith("multipart/form-data")
 
 
@@ -249,6 +259,8 @@ def _requestFromFields(fields: dict[str, str]) -> dict[str, Any]:
         text = fields.pop("params")
         try:
             params = json.loads(text)
+        except RecursionError:
+            raise ParseError("'params' nests too deeply", {"param": "params"}) from None
         except ValueError as e:
             raise ParseError(f"'params' is not valid JSON: {e}", {"param": "params"}) from None
     if fields:
@@ -324,7 +336,7 @@ class RPCResource(resource.Resource):
                 return 200, encode(self._usage())
         elif _isMultipart(request):
             content: BinaryIO = request.content
-            ctype = request.getHeader("content-type") or ""
+            ctype = headerText(request, "content-type")
             formFields, uploads = await deferToThread(parseMultipart, content, ctype)
             if not self.dispatcher.isUpload(str(formFields.get("method"))) and uploads:
                 uploads = None
@@ -348,7 +360,7 @@ class RPCResource(resource.Resource):
 
     def _formFields(self, request: server.Request, body: bytes) -> dict[str, str] | None:
         """The fields of a form-urlencoded body, or None for a JSON body."""
-        ctype = (request.getHeader("content-type") or "").lower()
+        ctype = headerText(request, "content-type").lower()
         if not ctype.startswith("application/x-www-form-urlencoded") or body.lstrip()[:1] in (
             b"{",
             b"[",
@@ -414,4 +426,5 @@ class RPCResource(resource.Resource):
         return encode({"result": None, "error": error.toDict(), "id": None})
 
 
-__all__ = ["ConnectionTracker", "RPCResource", "TokenAuth", "makeSite", "RPCRequest", "InternalError"]
+__all__ = ["ConnectionTracker", "RPCResource", "TokenAuth", "headerText", "makeSite", "RPCRequest",
+           "InternalError"]
