@@ -130,6 +130,7 @@ class ServiceFuzzer:
     # Blocking helpers (they run in the hypothesis thread).
 
     def send(self, data: bytes, **kwargs: Any) -> Reply | None:
+        self.sent = getattr(self, "sent", 0) + 1
         return rawhttp._exchange(*rawhttp.hostPort(self.url), data,
                                  kwargs.get("closeAfter", False), rawhttp.BOUND,
                                  kwargs.get("head", False))
@@ -195,6 +196,7 @@ class ServiceFuzzer:
 
     def properties(self, oracle: Oracle) -> list[Any]:
         methodNames = sorted(oracle.params)
+        n = self.examples
         safe = sorted(oracle.safe)
         destructive = self.destructive
         names = (st.sampled_from(safe) | st.text(max_size=12).filter(
@@ -207,7 +209,7 @@ class ServiceFuzzer:
         })
         bodies = envelopes | st.lists(envelopes, max_size=5) | json_values
 
-        @_fuzzSettings()
+        @_fuzzSettings(n)
         @given(bodies)
         def random_envelopes(payload: Any) -> None:
             self.checkEnvelope(oracle, payload, self.post(json.dumps(payload).encode()))
@@ -231,13 +233,13 @@ class ServiceFuzzer:
                         params[-1] = draw(wrong_values)
             return {"method": name, "params": params, "id": draw(st.integers(0, 10**6))}
 
-        @_fuzzSettings(EXAMPLES * 2)
+        @_fuzzSettings(n * 2)
         @given(wrongParams())
         def wrong_types(obj: dict[str, Any]) -> None:
             reply = self.post(json.dumps(obj).encode())
             self.checkReply(reply, {INVALID_PARAMS, 1005}, obj)
 
-        @_fuzzSettings()
+        @_fuzzSettings(n)
         @given(st.sampled_from(methodNames), st.integers(1, 4),
                st.sampled_from(["[", "{\"a\":", "[{\"b\":"]))
         def deep_nesting(name: str, scale: int, opener: str) -> None:
@@ -250,7 +252,7 @@ class ServiceFuzzer:
             self.checkReply(self.post(form, "application/x-www-form-urlencoded"), PARSE,
                             ("form", name, depth))
 
-        @_fuzzSettings(max(5, EXAMPLES // 4))
+        @_fuzzSettings(max(3, n // 4))
         @given(st.sampled_from(methodNames), st.sampled_from(["string", "array", "object"]))
         def huge_values(name: str, shape: str) -> None:
             declared = oracle.params[name] or ["x"]
@@ -265,7 +267,7 @@ class ServiceFuzzer:
             over = json.dumps({"method": name, "id": 4, "params": {"x": "y" * (5 << 20)}})
             self.checkReply(self.post(over.encode()), -32002, (name, "over"), status=413)
 
-        @_fuzzSettings()
+        @_fuzzSettings(n)
         @given(st.binary(min_size=1, max_size=60), st.sampled_from(methodNames))
         def invalid_utf8(junk: bytes, name: str) -> None:
             bad = b"\xff\xfe" + junk + b"\xc3"
@@ -294,7 +296,7 @@ class ServiceFuzzer:
                      | st.text(min_size=1, max_size=8))
         queryValues = st.sampled_from(safe) | st.text(max_size=20) | json_values.map(json.dumps)
 
-        @_fuzzSettings()
+        @_fuzzSettings(n)
         @given(st.dictionaries(fieldKeys, queryValues, max_size=5))
         def random_queries(fields: dict[str, str]) -> None:
             if fields.get("method") in destructive:
@@ -332,7 +334,7 @@ class ServiceFuzzer:
                 return
             self.checkReply(reply, oracle.code(obj), fields)
 
-        @_fuzzSettings()
+        @_fuzzSettings(n)
         @given(st.binary(max_size=80))
         def raw_queries(query: bytes) -> None:
             target = b"/?" + quote(query, safe="=&").encode()
@@ -346,7 +348,7 @@ class ServiceFuzzer:
 
         uploadName = sorted(n for n in methodNames if n in self.uploadMethods)[0]
 
-        @_fuzzSettings()
+        @_fuzzSettings(n)
         @given(st.integers(0, 400), st.sampled_from(["cut", "lie", "no-boundary", "chunked"]))
         def truncated_uploads(cut: int, how: str) -> None:
             boundary = "fuzzboundary42"
@@ -377,6 +379,8 @@ class ServiceFuzzer:
                 random_queries, raw_queries, truncated_uploads]
 
     uploadMethods: set[str] = set()
+    #: Examples per property.
+    examples = EXAMPLES
 
     async def healthy(self) -> None:
         """Fail unless the service still answers (and is in its normal state)."""
@@ -396,8 +400,11 @@ class ServiceFuzzer:
         names = {n for m in self.methods for n in [m["name"], *m["aliases"]]}
         oracle = Oracle(self.methods, names - self.destructive)
         for prop in self.properties(oracle):
+            before = getattr(self, "sent", 0)
             await deferToThread(prop)
             await self.healthy()
+            # Each property sent at least one request per example.
+            assert self.sent - before >= 3, (prop.__name__, self.sent - before)
 
 
 def openSpoolFiles(directory: str) -> list[str]:
