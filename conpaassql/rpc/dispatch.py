@@ -92,6 +92,15 @@ def _typeName(value: Any) -> str:
     return type(value).__name__
 
 
+def _isUnicode(value: str) -> bool:
+    """Whether C{value} is encodable text (JSON's C{"\\ud800"} decodes to a lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Params:
     """
     The parameters of one call, with typed accessors that raise
@@ -156,6 +165,9 @@ class Params:
             )
         if "\x00" in value:
             raise InvalidParams(f"parameter '{name}' must not contain a NUL character", name)
+        if not _isUnicode(value):
+            raise InvalidParams(f"parameter '{name}' is not valid Unicode (a lone surrogate)",
+                                name)
         if pattern is not None and not re.fullmatch(pattern, value):
             raise InvalidParams(
                 f"parameter '{name}' is not {what or 'valid'}: {value[:64]!r}", name
@@ -215,7 +227,7 @@ class Params:
         if len(value) > maxItems:
             raise InvalidParams(f"parameter '{name}' has more than {maxItems} items", name)
         for item in value:
-            if not isinstance(item, str) or not item or "\x00" in item:
+            if not isinstance(item, str) or not item or "\x00" in item or not _isUnicode(item):
                 raise InvalidParams(f"parameter '{name}' must hold non-empty strings", name)
             if pattern is not None and not re.fullmatch(pattern, item):
                 raise InvalidParams(
