@@ -235,6 +235,21 @@ class ServerControl(Protocol):
         """
 
 
+def _check_new_datadir(path: str) -> None:
+    """
+    Refuse a data directory that is not one: an existing file, or a
+    non-empty directory that holds no initialised data directory.
+
+    @raise mycnf.InvalidOption: naming C{datadir}.
+    """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise mycnf.InvalidOption("datadir", f"{path} exists and is not a directory")
+    if os.path.isdir(path) and os.listdir(path) and not os.path.isdir(
+            os.path.join(path, "mysql")):
+        raise mycnf.InvalidOption(
+            "datadir", f"{path} is not empty and holds no data directory (no mysql/ in it)")
+
+
 class _ChildProcess(ProcessProtocol):
     """
     A child process whose output is streamed to a log file (if given) and
@@ -769,6 +784,8 @@ class ManagedServer(_ServerBase):
 
     async def set_options(self, options: Mapping[str, object]) -> dict[str, str]:
         validated = mycnf.validate_options(options)
+        if "datadir" in validated:
+            _check_new_datadir(validated["datadir"])
         async with self._lock:
             try:
                 await self._prepare()
@@ -997,9 +1014,13 @@ class ManagedServer(_ServerBase):
                 f"initialising {datadir} failed ({proto.describe_exit()}); "
                 f"last lines of {self.error_log_path}:\n{proto.describe_tail()}"
             )
-        if os.path.isdir(datadir):
-            os.rmdir(datadir)
-        os.rename(work, datadir)
+        try:
+            if os.path.isdir(datadir):
+                os.rmdir(datadir)
+            os.rename(work, datadir)
+        except OSError as e:
+            shutil.rmtree(work, ignore_errors=True)
+            raise ServerStartError(f"cannot move the new data directory to {datadir}: {e}") from e
 
     # -- files
 
