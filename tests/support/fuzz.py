@@ -46,7 +46,8 @@ def _fuzzSettings(examples: int = EXAMPLES) -> settings:
 
 
 json_scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30))
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30)
+                | st.sampled_from(["\ud800", "a\udfffb", "\x00", "\u202e"]))
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
