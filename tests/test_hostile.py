@@ -19,6 +19,7 @@ import os
 import secrets
 import tempfile
 from typing import Any
+from urllib.parse import quote
 
 import pymysql
 from twisted.internet import reactor as _reactor
@@ -219,7 +220,7 @@ class ManagerHostileTests(TestCase):
         for value in values:
             page = await web.get("login")
             response = await web.post("login", {"csrf": page.csrf(), "token": value})
-            self.assertIn(response.code, (200, 400, 401, 403), value[:60])
+            self.assertIn(response.code, (200, 400, 401, 403, 413), value[:60])
             self.assertNotIn("<script>alert", response.text)
         self.assertEqual((await web.signIn(token)).code, 303)
         csrf = (await web.get("nodes")).csrf()
@@ -229,22 +230,24 @@ class ManagerHostileTests(TestCase):
                 ("nodes/1/users", {"username": value, "password": "pw"}),
                 ("nodes/1/users", {"username": "hostile_g", "password": value}),
                 ("nodes/1/users/delete", {"username": value}),
-                (f"nodes/{value}/remove", {}),
-                (f"nodes/{value}/users", {"username": "u", "password": "p"}),
+                # (in the URL, cut to what Twisted's request line takes)
+                (f"nodes/{quote(value[:2000], safe='')}/remove", {}),
+                (f"nodes/{quote(value[:2000], safe='')}/users", {"username": "u",
+                                                                   "password": "p"}),
             ):
-                response = await web.post(path.replace("\n", "%0A"), {"csrf": csrf, **fields},
+                response = await web.post(path, {"csrf": csrf, **fields},
                                           headers={"Accept": "text/html"})
                 what = (path[:60], str(fields)[:80])
                 self.assertNotEqual(response.code, 500, what)
                 self.assertNotIn("<script>alert", response.text, what)
-                if response.code == 303 or (response.code == 200 and "hostile_g" in
-                                            str(fields)):
-                    pass
             await web.post("nodes/1/users/delete", {"csrf": csrf, "username": "hostile_g"})
         for value in values + ["../../x"]:
+            # (treq, the test's client, never finishes a request whose file
+            # name is over 64 KiB; the services refuse part headers over 16 KiB)
+            filename = value.replace("\r", "").replace("\n", "")[:20_000]
             response = await web.request(
                 "POST", "nodes/1/dump",
-                files={"mysqldump": (value.replace("\r", "").replace("\n", ""), "text/plain",
+                files={"mysqldump": (filename, "text/plain",
                                      _bytes(b"SELECT 1;\n"))},
                 headers={"Accept": "application/json", "X-CSRF-Token": csrf})
             self.assertNotEqual(response.code, 500, value[:60])
