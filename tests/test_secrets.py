@@ -126,6 +126,13 @@ class SecretsTests(TestCase):
         self.addCleanup(wrong.close)
         with self.assertRaises(Exception):
             await wrong.call("list_nodes")
+        # And the manager's token presented to the node's agent (refused).
+        info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
+        atAgent = RPCClient(f"http://{info['ip']}:{info['port']}/", managerToken,
+                            reactor=reactor, timeout=30)
+        self.addCleanup(atAgent.close)
+        with self.assertRaises(Exception):
+            await atAgent.call("get_server_state")
 
         # The secrets.
         agentTokens = []
