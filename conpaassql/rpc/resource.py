@@ -162,6 +162,45 @@ def _accessLogFormatter(timestamp: str, request: server.Request) -> str:
     )
 
 
+class RPCSite(server.Site):
+    """
+    A site whose access log lines (L{_accessLogFormatter}: each with its
+    own timestamp) are written in batches, one log event a second at most:
+    one event a request cost a fifth of a request's time under load
+    (formatting and writing the event, in twistd's log observer).
+    """
+
+    #: Seconds an access log line may wait to be written.
+    accessLogInterval = 1.0
+    _accessLines: list[str] | None = None
+    _accessFlush: Any = None
+
+    def log(self, request: Any) -> None:
+        line = self._logFormatter(self._logDateTime, request)
+        if self._accessLines is None:
+            self._accessLines = []
+        self._accessLines.append(line)
+        if self._accessFlush is None:
+            self._accessFlush = self.reactor.callLater(self.accessLogInterval,
+                                                       self.flushAccessLog)
+
+    def flushAccessLog(self) -> None:
+        """Write the access log lines waiting (called by a timer, and on stop)."""
+        if self._accessFlush is not None and self._accessFlush.active():
+            self._accessFlush.cancel()
+        self._accessFlush = None
+        lines, self._accessLines = self._accessLines, None
+        if lines:
+            _accessLog.info("{lines}", lines="\n".join(lines))
+
+    def stopFactory(self) -> None:
+        self.flushAccessLog()
+        super().stopFactory()
+
+
+_accessLog = Logger(namespace="conpaassql.rpc.access")
+
+
 def makeSite(
     root: resource.IResource,
     *,
@@ -169,7 +208,7 @@ def makeSite(
     maxUpload: int = DEFAULT_MAX_UPLOAD,
     uploadDir: str | None = None,
 ) -> server.Site:
-    site = server.Site(root, logFormatter=_accessLogFormatter)
+    site = RPCSite(root, logFormatter=_accessLogFormatter)
     site.requestFactory = RPCRequest
     site.displayTracebacks = False
     site.maxBody = maxBody  # type: ignore[attr-defined]
@@ -353,7 +392,7 @@ class RPCResource(resource.Resource):
             except RPCError as e:
                 # The id and envelope are known even when 'params' is not JSON.
                 return 200, self.dispatcher.errorReply(e, fields)
-        reply = await self.dispatcher.handle(payload, uploads)
+        reply = await self.dispatcher.answer(payload, uploads)
         if reply is None:
             return 204, None
         return 200, reply
@@ -426,5 +465,5 @@ class RPCResource(resource.Resource):
         return encode({"result": None, "error": error.toDict(), "id": None})
 
 
-__all__ = ["ConnectionTracker", "RPCResource", "TokenAuth", "headerText", "makeSite", "RPCRequest",
+__all__ = ["ConnectionTracker", "RPCResource", "RPCSite", "TokenAuth", "headerText", "makeSite", "RPCRequest",
            "InternalError"]
