@@ -15,7 +15,6 @@ import os
 import secrets
 from typing import Any
 
-from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -23,20 +22,14 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from conpaassql.gui.tap import GUIService
 from conpaassql.gui.web import ROUTES
-from conpaassql.manager.config import ManagerConfig
-from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc import resource as rpcresource
-from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import Unauthorized
 from conpaassql.rpc.resource import TokenAuth
 from tests.support import rawhttp
 from tests.support.agent import startAgent
+from tests.support.localmanager import startLocalManager
 from tests.support.mariadb import skip_unless_mariadb
-from tests.test_iaas_local import localCloud
 from tests.test_manager_api import ManagerFixture
-from tests.test_manager_local import WAIT, nodesIn, until
-
-reactor: Any = _reactor
 
 VERBS = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]
 PATHS = ["/", "/metrics", "/snapshot", "/ui/", "/ui/nodes", "/ui/api/nodes", "/nope",
@@ -197,22 +190,8 @@ class AgentTokenTests(TestCase):
     timeout = 600
 
     async def test_only_its_own_token(self) -> None:
-        cloud = localCloud(self)
-        service = ManagerService(
-            cloud.stateDir, ManagerConfig(poll_interval=0.25, boot_timeout=WAIT),
-            "tcp:0:interface=127.0.0.1", os.path.join(cloud.stateDir, "api-token"),
-            reactor=reactor, stopProcess=lambda: None,
-        )
-        service.startService()
-        self.addCleanup(lambda: service.stopService() if service.running else None)
-        port = await service.listening
-        with open(os.path.join(cloud.stateDir, "api-token")) as f:
-            managerToken = f.read().strip()
-        client = RPCClient(f"http://127.0.0.1:{port.getHost().port}/", managerToken,
-                           reactor=reactor, timeout=60)
-        self.addCleanup(client.close)
-        await client.call("add_nodes", {"function": "agent", "count": 2})
-        await until(lambda: nodesIn(client, "RUNNING", [1, 2]), "two RUNNING nodes")
+        m = await startLocalManager(self, nodes=2)
+        service, client, managerToken = m.service, m.client, m.token
         assert service.manager is not None
         agents = {}
         for nodeId in (1, 2):

@@ -21,11 +21,11 @@ from tests.support.mariadb import skip_unless_mariadb
 class AgentFuzzTests(ServiceFuzzer, TestCase):
     skip = skip_unless_mariadb()
     timeout = 900
-    destructive = {
+    destructive = frozenset({
         "create_server", "start_server", "stop_server", "restart_server",
         "set_server_configuration", "configure_user", "delete_user", "create_with_MySQLdump",
         "send_mysqldump", "shutdown",
-    }
+    })
 
     async def healthy(self) -> None:
         state = await self.agent.state()

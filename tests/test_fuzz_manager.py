@@ -10,26 +10,19 @@ still healthy after each property: same nodes, RUNNING, not stopped.
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from twisted.internet import reactor as _reactor
 from twisted.trial.unittest import TestCase
 
-from conpaassql.manager.config import ManagerConfig
-from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
 from tests.support.fuzz import EXAMPLES, ServiceFuzzer, openSpoolFiles
+from tests.support.localmanager import startLocalManager
 from tests.support.mariadb import skip_unless_mariadb
-from tests.test_iaas_local import localCloud
 from tests.test_manager_api import ManagerFixture
-from tests.test_manager_local import WAIT, nodesIn, until
 
-reactor: Any = _reactor
-
-DESTRUCTIVE = {
+DESTRUCTIVE = frozenset({
     "add_nodes", "remove_nodes", "delete_nodes", "shutdown", "configure_user", "delete_user",
     "send_mysqldump", "set_up_replica_master", "set_up_replica_slave",
-}
+})
 
 
 class ManagerFuzzer(ServiceFuzzer):
@@ -72,28 +65,16 @@ class LocalDriverFuzzTests(ManagerFuzzer, TestCase):
     timeout = 900
     examples = max(3, EXAMPLES // 4)
 
+    stops: list[int]
+
     def stopped(self) -> int:
         return len(self.stops)
 
     async def test_fuzz(self) -> None:
-        cloud = localCloud(self)
-        self.stops: list[int] = []
-        self.stateDir = cloud.stateDir
-        service = ManagerService(
-            cloud.stateDir, ManagerConfig(poll_interval=0.25, boot_timeout=WAIT),
-            "tcp:0:interface=127.0.0.1", os.path.join(cloud.stateDir, "api-token"),
-            reactor=reactor, stopProcess=lambda: self.stops.append(1),
-        )
-        service.startService()
-        self.addCleanup(lambda: service.stopService() if service.running else None)
-        port = await service.listening
-        with open(os.path.join(cloud.stateDir, "api-token")) as f:
-            self.token = f.read().strip()
-        self.url = f"http://127.0.0.1:{port.getHost().port}/"
-        self.client = RPCClient(self.url, self.token, reactor=reactor, timeout=60)
-        self.addCleanup(self.client.close)
-        await self.client.call("add_nodes", {"function": "agent"})
-        await until(lambda: nodesIn(self.client, "RUNNING", [1]), "a RUNNING node")
+        m = await startLocalManager(self, nodes=1)
+        self.stops = m.stops
+        self.stateDir, self.url, self.token, self.client = (
+            m.cloud.stateDir, m.url, m.token, m.client)
         users = await self.client.call("get_users", {"serviceNodeId": 1})
         await self.fuzzAll()
         self.assertEqual(await self.client.call("get_users", {"serviceNodeId": 1}), users)

@@ -22,22 +22,17 @@ from typing import Any
 from urllib.parse import quote
 
 import pymysql
-from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from conpaassql.gui.tap import GUIService
-from conpaassql.manager.config import ManagerConfig
-from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import RPCError
-from tests.support.agent import RunningAgent, rootQuery, startAgent
+from tests.support.agent import RunningAgent, startAgent
+from tests.support.localmanager import startLocalManager
 from tests.support.mariadb import skip_unless_mariadb
+from tests.test_agent_hostile import _snapshot as agentSnapshot
 from tests.test_gui_http import WebClient
-from tests.test_iaas_local import localCloud
-from tests.test_manager_local import WAIT, nodesIn, until
-
-reactor: Any = _reactor
 
 #: Error codes that say "refused" or "handled" for a value (never -32603).
 HANDLED = {-32602, 1001, 1002, 1003, 1004, 1005, 1006}
@@ -101,7 +96,11 @@ def _filesUnder(top: str) -> set[str]:
 class Canary:
     def __init__(self, testcase: TestCase) -> None:
         self.path = os.path.join(tempfile.gettempdir(), "conpaassql-canary-" + secrets.token_hex(8))
-        testcase.addCleanup(lambda: os.path.exists(self.path) and os.unlink(self.path))
+        testcase.addCleanup(self.remove)
+
+    def remove(self) -> None:
+        if os.path.exists(self.path):
+            os.unlink(self.path)
 
     def check(self, testcase: TestCase) -> None:
         testcase.assertFalse(os.path.exists(self.path), "a hostile value was executed")
@@ -115,22 +114,8 @@ class ManagerHostileTests(TestCase):
 
     async def test_every_string_parameter(self) -> None:
         canary = Canary(self)
-        cloud = localCloud(self)
-        service = ManagerService(
-            cloud.stateDir, ManagerConfig(poll_interval=0.25, boot_timeout=WAIT),
-            "tcp:0:interface=127.0.0.1", os.path.join(cloud.stateDir, "api-token"),
-            reactor=reactor, stopProcess=lambda: None,
-        )
-        service.startService()
-        self.addCleanup(lambda: service.stopService() if service.running else None)
-        port = await service.listening
-        url = f"http://127.0.0.1:{port.getHost().port}/"
-        with open(os.path.join(cloud.stateDir, "api-token")) as f:
-            token = f.read().strip()
-        client = RPCClient(url, token, reactor=reactor, timeout=120)
-        self.addCleanup(client.close)
-        await client.call("add_nodes", {"function": "agent"})
-        await until(lambda: nodesIn(client, "RUNNING", [1]), "a RUNNING node")
+        m = await startLocalManager(self, nodes=1)
+        cloud, service, url, token, client = m.cloud, m.service, m.url, m.token, m.client
         info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
         root = _nodeRoot(cloud.stateDir, info["mysqld_port"])
         before = await deferToThread(_snapshot, root)
@@ -273,10 +258,10 @@ class AgentHostileTests(TestCase):
     async def test_every_string_parameter(self) -> None:
         canary = Canary(self)
         agent: RunningAgent = await startAgent(self)
-        server = agent.service.server
+        server: Any = agent.service.server
         with open(server.mycnf_path) as f:
             cnfBefore = f.read()
-        before = await self.snapshot(agent)
+        before = await agentSnapshot(agent)
         valid: dict[str, dict[str, Any]] = {
             "configure_user": {"username": "hostile_u", "password": "pw", "host": "%",
                                "databases": ["hostiledb"], "privileges": ["SELECT"]},
@@ -340,19 +325,8 @@ class AgentHostileTests(TestCase):
         self.assertFalse([p for p in new if not p.startswith(spool) and not p.endswith(".log")
                           and "/data/" not in p], new)
         canary.check(self)
-        self.assertEqual(await self.snapshot(agent), before)
+        self.assertEqual(await agentSnapshot(agent), before)
         with open(server.mycnf_path) as f:
             self.assertEqual(f.read(), cnfBefore)
         self.assertEqual((await agent.state())["state"], "RUNNING")
         self.assertEqual(agent.shutdowns, 0)
-
-    async def snapshot(self, agent: RunningAgent) -> dict[str, Any]:
-        users = await rootQuery(agent, "SELECT User, Host FROM mysql.user ORDER BY User, Host")
-        grants = {}
-        for user, host in users:
-            if user in ("mariadb.sys", "PUBLIC"):
-                continue
-            rows = await rootQuery(agent, "SHOW GRANTS FOR %s@%s", (user, host))
-            grants[f"{user}@{host}"] = sorted(r[0] for r in rows)
-        databases = await rootQuery(agent, "SHOW DATABASES")
-        return {"users": users, "grants": grants, "databases": sorted(databases)}

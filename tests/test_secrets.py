@@ -14,18 +14,18 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-import sys
 import tempfile
 from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from conpaassql.rpc.client import RPCClient
+from conpaassql.rpc.errors import Unauthorized
+from tests import test_manager_local as tml
 from tests.support.mariadb import skip_unless_mariadb
 from tests.test_iaas_local import _processesMentioning, localCloud
-from tests.test_manager_local import _Manager, nodesIn, until
+from tests.test_manager_local import nodesIn, until
 
 reactor: Any = _reactor
 
@@ -63,10 +63,11 @@ def _readProc(pid: int, what: str) -> bytes:
 
 
 def _rootPassword(path: str) -> str:
-    for line in open(path, encoding="utf-8"):
-        key, _, value = line.partition("=")
-        if key.strip() == "password":
-            return value.strip().strip("'\"")
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, _, value = line.partition("=")
+            if key.strip() == "password":
+                return value.strip().strip("'\"")
     raise AssertionError(f"no password in {path}")
 
 
@@ -80,35 +81,14 @@ class SecretsTests(TestCase):
         config = os.path.join(stateDir, "manager.cnf")
         with open(config, "w") as f:
             f.write("[iaas]\nDRIVER = LOCAL\n\n[manager]\npoll_interval = 0.25\n")
-        protocol = _Manager()
-        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-                "--pidfile=", "conpaassql-manager", "--listen", "tcp:0:interface=127.0.0.1",
-                "--state-dir", stateDir, "--config", config]
-        env = {k: v for k, v in os.environ.items()
-               if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")}
-        transport = reactor.spawnProcess(protocol, sys.executable, argv, env=env)
-
-        def stop() -> Deferred[None] | None:
-            if protocol.ended.called:
-                return None
-            transport.signalProcess("KILL")
-            return protocol.ended
-
-        self.addCleanup(stop)
-        urlFile = os.path.join(stateDir, "manager-url")
-
-        async def listening() -> bool:
-            if protocol.ended.called:
-                raise AssertionError(f"the manager exited: {protocol.output.decode()[-3000:]}")
-            return os.path.exists(urlFile)
-
-        await until(listening, "the manager to listen", 60)
-        with open(urlFile) as f:
+        # A real twistd process (tests.test_manager_local's way of starting one).
+        start: Any = tml.SeparateProcessTests.startManager
+        protocol, client = await start(self, stateDir, config)
+        with open(os.path.join(stateDir, "manager-url")) as f:
             url = f.read().strip()
         with open(os.path.join(stateDir, "api-token")) as f:
             managerToken = f.read().strip()
-        client = RPCClient(url, managerToken, reactor=reactor, timeout=120)
-        self.addCleanup(client.close)
+        managerPid: int = protocol.pid  # type: ignore[attr-defined]
 
         await client.call("add_nodes", {"function": "agent"})
         await until(lambda: nodesIn(client, "RUNNING", [1]), "node 1 RUNNING")
@@ -124,14 +104,14 @@ class SecretsTests(TestCase):
         # password in a query string: neither may reach a log.
         wrong = RPCClient(url, "wrong-" + secrets.token_hex(8), reactor=reactor, timeout=30)
         self.addCleanup(wrong.close)
-        with self.assertRaises(Exception):
+        with self.assertRaises(Unauthorized):
             await wrong.call("list_nodes")
         # And the manager's token presented to the node's agent (refused).
         info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
         atAgent = RPCClient(f"http://{info['ip']}:{info['port']}/", managerToken,
                             reactor=reactor, timeout=30)
         self.addCleanup(atAgent.close)
-        with self.assertRaises(Exception):
+        with self.assertRaises(Unauthorized):
             await atAgent.call("get_server_state")
 
         # The secrets.
@@ -152,7 +132,7 @@ class SecretsTests(TestCase):
             self.assertGreaterEqual(len(value), 12)
 
         # Processes: the twistd, its children, and the (detached) node's.
-        pids = _children(transport.pid) | set(_processesMentioning(stateDir + os.sep))
+        pids = _children(managerPid) | set(_processesMentioning(stateDir + os.sep))
         self.assertGreaterEqual(len(pids), 3, pids)  # twistd, an agent, a mariadbd
         for pid in pids:
             for what in ("cmdline", "environ"):
@@ -168,8 +148,8 @@ class SecretsTests(TestCase):
                 path = os.path.join(directory, name)
                 if os.path.islink(path) or not os.path.isfile(path):
                     continue
-                with open(path, "rb") as f:
-                    content = f.read()
+                with open(path, "rb") as data:
+                    content = data.read()
                 for what, value in found.items():
                     if value.encode() not in content:
                         continue

@@ -176,13 +176,14 @@ class RPCSite(server.Site):
     _accessFlush: Any = None
 
     def log(self, request: Any) -> None:
-        line = self._logFormatter(self._logDateTime, request)
+        formatter: Any = self._logFormatter
+        line = formatter(self._logDateTime, request)
         if self._accessLines is None:
             self._accessLines = []
         self._accessLines.append(line)
         if self._accessFlush is None:
-            self._accessFlush = self.reactor.callLater(self.accessLogInterval,
-                                                       self.flushAccessLog)
+            clock: Any = self.reactor
+            self._accessFlush = clock.callLater(self.accessLogInterval, self.flushAccessLog)
 
     def flushAccessLog(self) -> None:
         """Write the access log lines waiting (called by a timer, and on stop)."""
@@ -465,5 +466,13 @@ class RPCResource(resource.Resource):
         return encode({"result": None, "error": error.toDict(), "id": None})
 
 
-__all__ = ["ConnectionTracker", "RPCResource", "RPCSite", "TokenAuth", "headerText", "makeSite", "RPCRequest",
-           "InternalError"]
+__all__ = [
+    "ConnectionTracker",
+    "InternalError",
+    "RPCRequest",
+    "RPCResource",
+    "RPCSite",
+    "TokenAuth",
+    "headerText",
+    "makeSite",
+]

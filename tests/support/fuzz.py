@@ -23,8 +23,8 @@ from urllib.parse import quote, urlencode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conpaassql.rpc.dispatch import MAX_BATCH
 import tests  # noqa: F401  (registers the 'ci' profile)
+from conpaassql.rpc.dispatch import MAX_BATCH
 from tests.support import rawhttp
 from tests.support.rawhttp import Reply
 
@@ -74,7 +74,7 @@ def _validId(value: Any) -> bool:
 class Oracle:
     """What a service with these methods answers to a decoded request object."""
 
-    def __init__(self, methods: list[dict[str, Any]], safe: set[str]) -> None:
+    def __init__(self, methods: list[dict[str, Any]], safe: frozenset[str]) -> None:
         self.params: dict[str, list[str]] = {}
         for m in methods:
             for name in [m["name"], *m["aliases"]]:
@@ -121,7 +121,7 @@ class ServiceFuzzer:
     url: str
     token: str
     #: Methods that change the service: fuzzed only with invalid parameters.
-    destructive: set[str] = set()
+    destructive: frozenset[str] = frozenset()
     methods: list[dict[str, Any]]
     failures: list[str]
 
@@ -347,7 +347,7 @@ class ServiceFuzzer:
                 if isinstance(body, dict) and body.get("error"):
                     assert body["error"]["code"] in WIRE, (body, query)
 
-        uploadName = sorted(n for n in methodNames if n in self.uploadMethods)[0]
+        uploadName = min(n for n in methodNames if n in self.uploadMethods)
 
         @_fuzzSettings(n)
         @given(st.integers(0, 400), st.sampled_from(["cut", "lie", "no-boundary", "chunked"]))
@@ -379,7 +379,7 @@ class ServiceFuzzer:
         return [random_envelopes, wrong_types, deep_nesting, huge_values, invalid_utf8,
                 random_queries, raw_queries, truncated_uploads]
 
-    uploadMethods: set[str] = set()
+    uploadMethods: frozenset[str] = frozenset()
     #: Examples per property.
     examples = EXAMPLES
 
@@ -396,10 +396,10 @@ class ServiceFuzzer:
 
         reply = await deferToThread(self.post, b'{"method": "list_methods", "id": 0}')
         self.methods = reply.json()["result"]
-        self.uploadMethods = {n for m in self.methods if m["upload"]
-                              for n in [m["name"], *m["aliases"]]}
+        self.uploadMethods = frozenset(n for m in self.methods if m["upload"]
+                                       for n in [m["name"], *m["aliases"]])
         names = {n for m in self.methods for n in [m["name"], *m["aliases"]]}
-        oracle = Oracle(self.methods, names - self.destructive)
+        oracle = Oracle(self.methods, frozenset(names - self.destructive))
         for prop in self.properties(oracle):
             before = getattr(self, "sent", 0)
             await deferToThread(prop)

@@ -159,9 +159,9 @@ def main() -> None:
         f.write("[iaas]\nDRIVER = LOCAL\n")
     twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
     if args.profile:
-        twistd = [sys.executable, "-c",
-                  "import cProfile, sys; from twisted.scripts.twistd import run; "
-                  f"cProfile.run('run()', {os.path.abspath(args.profile)!r})"]
+        profiled = ("import cProfile; from twisted.scripts.twistd import run; "
+                    f"cProfile.run('run()', {os.path.abspath(args.profile)!r})")
+        twistd = [sys.executable, "-c", profiled]
     managerLog = open(os.path.join(work, "manager.log"), "wb")  # noqa: SIM115
     manager = subprocess.Popen(
         [*twistd, "-n", "--pidfile=", "conpaassql-manager", "--listen",
@@ -191,8 +191,7 @@ def main() -> None:
         replies = {name: call(url, token, path) for name, path in CALLS.items()}
         repliesFile = os.path.join(work, "replies")
         with open(repliesFile, "wb") as f:
-            for name, reply in replies.items():
-                f.write(name.encode() + b" " + reply + b"\n")
+            f.writelines(name.encode() + b" " + reply + b"\n" for name, reply in replies.items())
         portFile = os.path.join(work, "bare-port")
         bare = subprocess.Popen([sys.executable, "-c", BARE, portFile, repliesFile],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
