@@ -224,6 +224,21 @@ class ServerControl(Protocol):
         """
 
 
+def _check_new_datadir(path: str) -> None:
+    """
+    Refuse a data directory that is not one: an existing file, or a
+    non-empty directory that holds no initialised data directory.
+
+    @raise mycnf.InvalidOption: naming C{datadir}.
+    """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise mycnf.InvalidOption("datadir", f"{path} exists and is not a directory")
+    if os.path.isdir(path) and os.listdir(path) and not os.path.isdir(
+            os.path.join(path, "mysql")):
+        raise mycnf.InvalidOption(
+            "datadir", f"{path} is not empty and holds no data directory (no mysql/ in it)")
+
+
 class _ChildProcess(ProcessProtocol):
     """
     A child process whose output is streamed to a log file (if given) and
@@ -753,6 +768,8 @@ class ManagedServer(_ServerBase):
         self, options: Mapping[str, object], *, restart: bool = True
     ) -> dict[str, str]:
         validated = mycnf.validate_options(options)
+        if "datadir" in validated:
+            _check_new_datadir(validated["datadir"])
         async with self._lock:
             try:
                 await self._prepare()
@@ -973,9 +990,15 @@ class ManagedServer(_ServerBase):
         """
         Make the initialised C{work} directory the data directory.
         """
-        if os.path.isdir(self.datadir):
-            os.rmdir(self.datadir)
-        os.rename(work, self.datadir)
+        try:
+            if os.path.isdir(self.datadir):
+                os.rmdir(self.datadir)
+            os.rename(work, self.datadir)
+        except OSError as e:
+            shutil.rmtree(work, ignore_errors=True)
+            raise ServerStartError(
+                f"cannot move the new data directory to {self.datadir}: {e}"
+            ) from e
 
     async def _copy_template(self, template: str, work: str) -> bool:
         """

@@ -47,6 +47,7 @@ from conpaassql.gui import model, pages
 from conpaassql.gui.session import Session, SessionStore, newSessionId
 from conpaassql.rpc.errors import UNAUTHORIZED, RPCError, TransportError
 from conpaassql.rpc.multipart import parseMultipart
+from conpaassql.rpc.resource import headerText
 
 __all__ = ["COOKIE_NAME", "GUIResource", "makeGUIResource"]
 
@@ -230,19 +231,19 @@ class GUIResource(resource.Resource):
         return value if re.fullmatch(r"[A-Za-z0-9_\-]{20,100}", value) else None
 
     def _ownOrigin(self, request: server.Request) -> str:
-        host = request.getHeader("host") or ""
+        host = headerText(request, "host")
         scheme = "https" if request.isSecure() else "http"
         return f"{scheme}://{host}".lower()
 
     def _checkOrigin(self, request: server.Request) -> None:
         allowed = {self._ownOrigin(request), *self.allowedOrigins}
-        origin = request.getHeader("origin")
+        origin = headerText(request, "origin") or None
         if origin is not None and origin != "null":
             if origin.rstrip("/").lower() not in allowed:
                 raise _Refused(403, "Refused: this request came from another site "
                                     f"({origin[:100]}). Use the front-end's own pages.")
             return
-        referer = request.getHeader("referer")
+        referer = headerText(request, "referer") or None
         if referer:
             parts = urlsplit(referer)
             if f"{parts.scheme}://{parts.netloc}".lower() in allowed:
@@ -253,7 +254,7 @@ class GUIResource(resource.Resource):
                             "(no Origin or Referer header). Use the front-end's own pages.")
 
     async def _form(self, request: server.Request) -> dict[str, str]:
-        ctype = (request.getHeader("content-type") or "").lower()
+        ctype = headerText(request, "content-type").lower()
         if not ctype.startswith("application/x-www-form-urlencoded"):
             raise _Refused(415, "Expected a form submission.")
         content = request.content
@@ -321,7 +322,7 @@ class GUIResource(resource.Resource):
                          refusal.status)
 
     def _wantsJSON(self, request: server.Request) -> bool:
-        return "application/json" in (request.getHeader("accept") or "")
+        return "application/json" in headerText(request, "accept")
 
     async def _dispatch(self, request: server.Request, route: _Route,
                         args: dict[str, str], base: str) -> None:
@@ -585,7 +586,7 @@ class GUIResource(resource.Resource):
     async def uploadDump(self, request: server.Request, base: str, session: Session,
                          id: int) -> None:
         wantsJSON = self._wantsJSON(request)
-        ctype = request.getHeader("content-type") or ""
+        ctype = headerText(request, "content-type")
         if not ctype.lower().startswith("multipart/form-data"):
             raise _Refused(415, "Send the dump as a file upload (multipart/form-data).")
         if getattr(request, "tooLarge", False):
@@ -603,7 +604,8 @@ class GUIResource(resource.Resource):
                 fields, files = await deferToThread(parseMultipart, content, ctype)
             except RPCError as e:
                 raise _Refused(400, f"The upload could not be read: {e.message}") from None
-            self._requireCsrf(session.sid, request.getHeader("x-csrf-token") or fields.get("csrf"))
+            self._requireCsrf(session.sid,
+                              headerText(request, "x-csrf-token") or fields.get("csrf"))
             upload = files.get("mysqldump")
             if upload is None or upload.size == 0:
                 error: str | None = "Choose a non-empty dump file to upload."
