@@ -725,3 +725,59 @@ class ManagerReplicationTLSTests(TestCase):
             await client.call("remove_nodes", {"serviceNodeId": nodeId})
             await until(lambda nodeId=nodeId: nodeId not in manager.nodes,
                         f"node {nodeId} TERMINATED")
+
+
+class TLSSecretsTests(TestCase):
+    """
+    A real C{twistd conpaassql-manager} with tls = on (LOCAL driver): the
+    service CA's key and the node's key are in 0600 files only, in no
+    process's arguments or environment and in no log.
+    """
+
+    skip = skip_unless_mariadb()
+    timeout = 600
+
+    async def test_keys_stay_in_their_files(self) -> None:
+        import tests.test_manager_local as tml
+        from tests.test_secrets import _children, _readProc
+
+        cloud = localCloud(self)
+        stateDir = cloud.stateDir
+        config = os.path.join(stateDir, "manager.cnf")
+        with open(config, "w") as f:
+            f.write("[iaas]\nDRIVER = LOCAL\n\n[manager]\npoll_interval = 0.25\ntls = on\n")
+        start: Any = tml.SeparateProcessTests.startManager
+        protocol, client = await start(self, stateDir, config)
+        await client.call("add_nodes", {"function": "agent"})
+        await until(lambda: nodesIn(client, "RUNNING", [1]), "node 1 RUNNING")
+        info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
+        nodeDir = os.path.join(cloud.baseDir, info["name"])
+        with open(os.path.join(nodeDir, "agent", "agent-url")) as urlFile:
+            self.assertTrue(urlFile.read().startswith("https://"))
+        keys = {}
+        for what, path in (("CA key", os.path.join(stateDir, "ca.key")),
+                           ("node key", os.path.join(nodeDir, "tls-key.pem"))):
+            with open(path, "rb") as keyFile:
+                keys[what] = _body(keyFile.read()).encode()
+        pids = _children(protocol.pid) | set(_processesMentioning(stateDir + os.sep))
+        self.assertGreaterEqual(len(pids), 3, pids)
+        for pid in pids:
+            for where in ("cmdline", "environ"):
+                text = _readProc(pid, where)
+                for what, key in keys.items():
+                    self.assertNotIn(key, text, f"{what} in /proc/{pid}/{where}")
+        for directory, _, files in os.walk(stateDir):
+            for name in files:
+                path = os.path.join(directory, name)
+                if os.path.islink(path) or not os.path.isfile(path):
+                    continue
+                with open(path, "rb") as data:
+                    content = data.read()
+                for what, key in keys.items():
+                    if key in content:
+                        self.assertEqual(_mode(path), 0o600, f"{what} in {path}")
+                        self.assertNotIn(".log", name, f"{what} in {path}")
+        await client.call("shutdown")
+        await until(lambda: protocol.ended.called, "the manager process to exit")
+        for what, key in keys.items():
+            self.assertNotIn(key, bytes(protocol.output), f"{what} in the twistd log")
