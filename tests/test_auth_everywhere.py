@@ -54,7 +54,7 @@ def credentials(token: str, others: list[str]) -> list[dict[str, str]]:
 
 
 def _refused(testcase: TestCase, url: str, token: str, others: list[str],
-             methods: list[str], secretsShown: list[str]) -> int:
+             methods: list[str], secretsShown: list[str], guiMounted: bool = False) -> int:
     """
     Send every (path, verb, credentials, method) combination, blocking (in
     a thread); check each is refused and reveals nothing.
@@ -77,10 +77,17 @@ def _refused(testcase: TestCase, url: str, token: str, others: list[str],
                     sent += 1
                     what = (verb, path, creds, name)
                     assert reply is not None, what
-                    testcase.assertIn(reply.status, (401, 404, 405), what)
                     text = reply.body.decode("utf-8", "replace")
                     for secret in secretsShown:
                         testcase.assertNotIn(secret, text, what)
+                    if path.startswith("/ui") and guiMounted:
+                        # The web front-end (its own sign-in; GUITests below
+                        # covers it): sent to sign in, or refused.
+                        testcase.assertIn(reply.status, (303, 401, 403, 404, 405), what)
+                        if reply.status == 303:
+                            testcase.assertIn("/ui/login", reply.headers["location"], what)
+                        continue
+                    testcase.assertIn(reply.status, (401, 404, 405), what)
                     if verb == "HEAD":
                         testcase.assertEqual(reply.body, b"", what)
                         continue
@@ -106,7 +113,8 @@ class ManagerAuthTests(TestCase):
         self.assertIn("shutdown", methods)
         agentToken = m.tokens[1]
         shown = [m.token, agentToken, before["serviceNode"]["name"]]
-        sent = await deferToThread(_refused, self, m.url, m.token, [agentToken], methods, shown)
+        sent = await deferToThread(_refused, self, m.url, m.token, [agentToken], methods, shown,
+                                   True)
         self.assertGreater(sent, 1000)
         self.assertEqual(await m.call("get_node_info", {"serviceNodeId": 1}), before)
         self.assertEqual(await m.call("list_nodes"), {"serviceNode": [1]})

@@ -505,7 +505,7 @@ class LocalDriver:
         self._checkOpen()
 
         try:
-            os.makedirs(self.settings.baseDir, mode=0o700, exist_ok=True)
+            self._makeBaseDir()
             os.mkdir(node.dir, 0o700)
         except FileExistsError:
             raise CloudFailure(
@@ -659,11 +659,17 @@ class LocalDriver:
         waiters.append(d)
         return d
 
+    def _makeBaseDir(self) -> None:
+        """The base directory, private: node directories in it hold secrets."""
+        os.makedirs(self.settings.baseDir, mode=0o700, exist_ok=True)
+        os.chmod(self.settings.baseDir, 0o700)
+
     async def _makeTemplate(self) -> None:
         root = os.path.join(self.settings.baseDir, TEMPLATES_DIR)
         maker = self._templateMaker = _TemplateMaker()
         argv = [sys.executable, "-m", "conpaassql.agent.initdb", "--root", root]
         try:
+            self._makeBaseDir()
             os.makedirs(root, mode=0o700, exist_ok=True)
             self._reactor.spawnProcess(maker, sys.executable, argv,
                                        env=self._agentEnvironment(root),

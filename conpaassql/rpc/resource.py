@@ -463,10 +463,37 @@ class RPCResource(resource.Resource):
         request.finish()
 
     def _fail(self, request: server.Request, error: RPCError, status: int | None = None) -> bytes:
-        request.setResponseCode(status or error.httpStatus)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return encode({"result": None, "error": error.toDict(), "id": None})
+        return errorReply(request, error, status)
+
+
+def errorReply(request: server.Request, error: RPCError, status: int | None = None) -> bytes:
+    """Set up C{request} for C{error}'s HTTP status and return its JSON body."""
+    request.setResponseCode(status or error.httpStatus)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    if isinstance(error, Unauthorized):
+        request.setHeader(b"www-authenticate", b'Bearer realm="conpaassql"')
+    return encode({"result": None, "error": error.toDict(), "id": None})
+
+
+def refusal(
+    request: server.Request, auth: TokenAuth, methods: Sequence[bytes] = (b"GET", b"HEAD")
+) -> bytes | None:
+    """
+    For resources beside the JSON-RPC one (the agent's C{/snapshot}, the
+    manager's C{/metrics}): the JSON error body refusing C{request} (an HTTP
+    method other than C{methods}: 405; no or a wrong token: 401), or
+    L{None} if it may go on.
+    """
+    if request.method not in methods:
+        request.setHeader(b"allow", b", ".join(methods))
+        allowed = ", ".join(m.decode("ascii") for m in methods)
+        return errorReply(request, HTTPMethodNotAllowed(f"use {allowed}"))
+    try:
+        auth.check(request)
+    except Unauthorized as e:
+        return errorReply(request, e)
+    return None
 
 
 class RPCRoot(resource.Resource):
@@ -497,6 +524,8 @@ __all__ = [
     "RPCRoot",
     "RPCSite",
     "TokenAuth",
+    "errorReply",
     "headerText",
+    "refusal",
     "makeSite",
 ]
