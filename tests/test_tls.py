@@ -291,6 +291,17 @@ class AgentOverTLSTests(TestCase):
                           tls=ClientTLS(ca.certificate))
 
 
+async def _oneRunningNode(case: TestCase, client: RPCClient,
+                          service: ManagerService) -> tuple[dict[str, Any], Any]:
+    """Add a node and wait until it is RUNNING; its info and the manager."""
+    await client.call("add_nodes", {"function": "agent"})
+    await until(lambda: nodesIn(client, "RUNNING", [1]), "a RUNNING node")
+    info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
+    case.assertTrue(info["isRunningMySQL"])
+    assert service.manager is not None
+    return info, service.manager
+
+
 def _deferred(coro: Any) -> Any:
     from twisted.internet.defer import Deferred
 
@@ -354,12 +365,7 @@ class ManagerTLSTests(TestCase):
                          cli.EXIT_TRANSPORT)
         self.assertIn("TLS with", err.getvalue())
 
-        await client.call("add_nodes", {"function": "agent"})
-        await until(lambda: nodesIn(client, "RUNNING", [1]), "a RUNNING node")
-        info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
-        self.assertTrue(info["isRunningMySQL"])
-        manager = service.manager
-        assert manager is not None
+        info, manager = await _oneRunningNode(self, client, service)
         node = manager.nodes[1]
         url = f"https://127.0.0.1:{info['port']}/"
         self.assertEqual(manager._address(node), url)
@@ -610,12 +616,7 @@ class ManagerOpenNebulaTLSTests(TestCase):
                             "the node TERMINATED")
 
         self.addCleanup(lambda: _deferred(removeAll()))
-        await client.call("add_nodes", {"function": "agent"})
-        await until(lambda: nodesIn(client, "RUNNING", [1]), "a RUNNING node")
-        info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
-        self.assertTrue(info["isRunningMySQL"])
-        manager = service.manager
-        assert manager is not None
+        info, manager = await _oneRunningNode(self, client, service)
         record = manager.nodes[1].core.record
         url = f"https://{info['ip']}:{info['port']}/"
         self.assertEqual(manager._address(manager.nodes[1]), url)
