@@ -215,6 +215,28 @@ class Registry:
 
         return await self._pool.runInteraction(interaction)
 
+    async def meta(self, key: str) -> str | None:
+        """The value kept under C{key} in the meta table, or L{None}."""
+
+        def interaction(txn: Any) -> str | None:
+            txn.execute("SELECT value FROM meta WHERE key = ?", (key,))
+            row = txn.fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._pool.runInteraction(interaction)
+
+    async def setMeta(self, key: str, value: str | None) -> None:
+        """Keep C{value} under C{key} in the meta table (L{None}: remove it)."""
+
+        def interaction(txn: Any) -> None:
+            if value is None:
+                txn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                txn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                            (key, value))
+
+        await self._pool.runInteraction(interaction)
+
     async def addNodes(
         self, function: str, count: int, serviceTag: str, now: float
     ) -> list[NodeRecord]:

@@ -69,6 +69,9 @@ _T = TypeVar("_T")
 #: The manager's own states, as get_service_info reports them.
 PHASES = ("INIT", "PROLOGUE", "RUNNING", "ADAPTING", "EPILOGUE", "STOPPED", "ERROR")
 
+#: The registry's meta key that says a shutdown was asked for and is not finished.
+SHUTDOWN_KEY = "shutdown"
+
 #: The longest wait between cloud list calls after failures.
 MAX_LIST_BACKOFF = 60.0
 
@@ -232,6 +235,7 @@ class Manager(service.Service):
             self.driver = self._driverFactory(self.serviceTag)
             for record in await self.registry.liveNodes():
                 self._add(record)
+            resumeShutdown = await self.registry.meta(SHUTDOWN_KEY) is not None
         except Exception as e:
             log.failure("manager: cannot start")
             self.lifecycle.startFailed(f"cannot start: {_describe(e)}")
@@ -241,9 +245,14 @@ class Manager(service.Service):
             "manager: service tag {tag}, driver {driver}, {count} live node(s) in the registry",
             tag=self.serviceTag, driver=self.config.driver, count=len(self.nodes),
         )
+        if resumeShutdown:
+            # A shutdown was under way when the manager stopped (or was
+            # killed): it goes on, and get_service_info says EPILOGUE.
+            log.info("manager: a shutdown was under way; finishing it")
+            self._beginEpilogue()
         self.ready.callback(None)
         await self._urlKnown
-        if self.running and self.phase == "PROLOGUE":
+        if self.running and self.phase in ("PROLOGUE", "EPILOGUE"):
             self._poller.startService()
 
     def stopService(self) -> Deferred[None]:
@@ -460,16 +469,26 @@ class Manager(service.Service):
         await self.ready
         if self.phase == "ERROR":
             raise WrongState(f"the service is in ERROR: {self.error}", {"state": "ERROR"})
-        if not self.lifecycle.shutdown():
+        if self.phase not in ("PROLOGUE", "RUNNING"):
             return
+        # Kept first: a manager restarted before the end finishes the shutdown.
+        await self.registry.setMeta(SHUTDOWN_KEY, "requested")
+        if self._beginEpilogue():
+            await gatherResults([n.core.flush() for n in self.nodes.values()])
+
+    def _beginEpilogue(self) -> bool:
+        """Enter EPILOGUE and remove every node; false if it was entered already."""
+        if not self.lifecycle.shutdown():
+            return False
         for node in list(self.nodes.values()):
             node.machine.remove()
-        await gatherResults([n.core.flush() for n in self.nodes.values()])
         self._epilogue = self._track(Deferred.fromCoroutine(self._finish()))
+        return True
 
     async def _finish(self) -> None:
         while self.nodes or self._orphans:
             await deferLater(self.clock, min(self.config.poll_interval, 0.5))
+        await self.registry.setMeta(SHUTDOWN_KEY, None)
         self.lifecycle.nodesGone()
         log.info("manager: every node is terminated; stopping")
         self.clock.callLater(0.2, self._stopProcess)
