@@ -473,10 +473,13 @@ class LocalAgentTests(TestCase):
                 return None if directory.startswith(nodeDir) else directory
         return None
 
-    async def test_killed_agent_failed(self) -> None:
+    async def test_killed_agent_restarted(self) -> None:
         """
-        SIGKILL of an agent: FAILED with the end of its log, no secret;
-        terminate then ends the server it left behind and cleans up.
+        SIGKILL of an agent that served: the next list starts it again
+        (BOOTING), on the same port, with the same server data; its new self
+        replaces the mariadbd the old one left.  Killed again soon after its
+        restart, it is FAILED with the end of its log, no secret; terminate
+        then ends the server it left behind and cleans up.
         """
         driver = self.cloud.driver()
         nodeSpec = spec(3)
@@ -489,15 +492,30 @@ class LocalAgentTests(TestCase):
         socketDir = self._socketDir(nodeDir)
         agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
         os.kill(agentPid, signal.SIGKILL)
+        seen: list[str] = []
+        again = await waitFor(driver, info.vmId, ("RUNNING", "FAILED"), seen)
+        self.assertEqual(again.state, "RUNNING", again.detail)
+        self.assertIn("BOOTING", seen)
+        self.assertEqual(again.agentPort, running.agentPort)
+        restarted = await serverRunning(again, token)
+        self.assertEqual(restarted["state"], "RUNNING", restarted)
+        self.assertEqual(restarted["mysqld_port"], state["mysqld_port"])
+        self.assertNotEqual(restarted["pid"], state["pid"])
+        self.assertFalse(pid_alive(state["pid"]), "the orphaned mariadbd")
+        self.assertIn('"count": 1', _read(os.path.join(nodeDir, "restarts.json")))
+
+        agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
+        os.kill(agentPid, signal.SIGKILL)
         failed = await waitFor(driver, info.vmId, ("FAILED",))
         self.assertIn(f"the agent process (pid {agentPid}) is gone", failed.detail)
+        self.assertIn("after its restart 1: not restarted again", failed.detail)
         self.assertIn("agent.log", failed.detail)
         self.assertIn("database server state STARTING -> RUNNING", failed.detail)
         self.assertNotIn(token, failed.detail)
-        self.assertTrue(pid_alive(state["pid"]), "the orphaned mariadbd")
+        self.assertTrue(pid_alive(restarted["pid"]), "the orphaned mariadbd")
 
         await driver.terminate(info.vmId)
-        self.assertFalse(pid_alive(state["pid"]))
+        self.assertFalse(pid_alive(restarted["pid"]))
         self.assertFalse(os.path.exists(nodeDir))
         if socketDir is not None:
             self.assertFalse(os.path.exists(socketDir))

@@ -20,6 +20,7 @@ Layout of C{<base dir>/<vm name>/} (mode 0700; the VM's name is its id)::
     launched       written when twistd reported a successful start
     launch-failed  written when twistd could not start the agent: why
     terminating    written when termination starts
+    restarts.json  how often the agent was started again, and when last
     agent/         the agent's --state-dir: agent-url, mysql/ (the server)
 
 States (L{LocalDriver.list}): PENDING until twistd has written the agent's
@@ -28,7 +29,15 @@ RUNNING once it has (C{agentPort} from that URL); FAILED when twistd could
 not start it, when its process is gone, or when it has no process
 C{LOCAL_BOOT_TIMEOUT} seconds after creation (the detail ends with the last
 lines of C{agent.log}, without the token); GONE while it is being
-terminated.  A termination interrupted (by L{LocalDriver.close} or a manager
+terminated.
+
+An agent that served (wrote its URL) and then died (killed, crashed) is
+started again by the next L{LocalDriver.list}, on the same port and state
+directory, as systemd (C{Restart=always}) or the boot script's restart loop
+does on a real VM: the VM is BOOTING meanwhile, its data is kept, and the
+new agent stops the C{mariadbd} the old one left behind.  An agent that dies
+before it served, or again within C{restartWindow} (30 s) of its restart, is
+FAILED.  A termination interrupted (by L{LocalDriver.close} or a manager
 crash) leaves the VM GONE with detail C{"terminating"}: terminate it again
 to finish.  The agent is recognised by its pid I{and} by its command line,
 which names the node's pid file, so a recycled pid is not taken for it.
@@ -97,7 +106,9 @@ LOG_FILE = "agent.log"
 LAUNCHED_FILE = "launched"
 LAUNCH_FAILED_FILE = "launch-failed"
 TERMINATING_FILE = "terminating"
+RESTARTS_FILE = "restarts.json"
 AGENT_DIR = "agent"
+AGENT_URL_FILE = "agent-url"
 
 #: How twistd is run with the manager's own interpreter (a constant program,
 #: never built from input).
@@ -391,6 +402,9 @@ class LocalDriver:
     killTimeout = 10.0
     #: Seconds L{close} waits for launchers still running.
     launcherTimeout = 30.0
+    #: An agent that ends again within this many seconds of its restart is
+    #: not restarted again: its VM is FAILED.
+    restartWindow = 30.0
 
     def __init__(self, settings: LocalSettings, *, reactor: Any, serviceTag: str) -> None:
         self.settings = settings
@@ -456,18 +470,10 @@ class LocalDriver:
                 "agentPort": port or None,
             }
             write_file_atomic(node.path(VM_FILE), json.dumps(record) + "\n", mode=0o600)
-            launcher = _Launcher(self, node)
-            self._reactor.spawnProcess(
-                launcher,
-                sys.executable,
-                self._agentArgv(node, port),
-                env=self._agentEnvironment(node),
-                path=node.dir,
-            )
+            self._launch(node, port)
         except OSError as e:
             shutil.rmtree(node.dir, ignore_errors=True)
             raise CloudFailure(f"create {spec.name}: cannot start its agent: {e}") from None
-        self._launchers[spec.name] = launcher
         self.log.info("created local VM {name} in {dir}", name=spec.name, dir=node.dir)
         return VMInfo(
             vmId=spec.name,
@@ -630,13 +636,14 @@ class LocalDriver:
         launched = os.path.exists(node.path(LAUNCHED_FILE))
         launchFailed = _readSmall(node.path(LAUNCH_FAILED_FILE), 8192)
         pid = _readPid(node.pidFile)
+        port = _port(_readSmall(os.path.join(node.agentDir, AGENT_URL_FILE), 1024))
         if pid is not None and node.isAgent(pid):
-            port = _port(_readSmall(os.path.join(node.agentDir, "agent-url"), 1024))
             if port is None:
                 return VMInfo(node.name, node.name, "BOOTING", ip=ip, detail="agent starting")
             return VMInfo(
                 node.name, node.name, "RUNNING", ip=ip, agentPort=port, detail=f"agent pid {pid}"
             )
+        count, restartedAt = self._restarts(node)
         if pid is not None:
             reason = f"the agent process (pid {pid}) is gone"
         elif launchFailed is not None:
@@ -644,11 +651,70 @@ class LocalDriver:
         elif launched:
             reason = "the agent process ended"
         else:
-            age = self._reactor.seconds() - self._created(node, st.st_mtime)
-            if age < self.settings.bootTimeout:
+            age = self._reactor.seconds() - max(restartedAt, self._created(node, st.st_mtime))
+            if age < self.settings.bootTimeout or node.name in self._launchers:
                 return VMInfo(node.name, node.name, "PENDING", ip=ip, detail="agent starting")
             reason = f"no agent process {self.settings.bootTimeout:g} s after creation"
+        if launchFailed is None and port is not None and node.name not in self._launchers:
+            # It served, then died: started again, as its supervisor does on a
+            # real VM, unless it died soon after the last restart.
+            if self._reactor.seconds() - restartedAt >= self.restartWindow:
+                if self._restart(node, port, count + 1, reason):
+                    return VMInfo(node.name, node.name, "BOOTING", ip=ip,
+                                  detail=f"agent restarted ({reason})")
+            else:
+                reason += (f", {self._reactor.seconds() - restartedAt:.0f} s after its "
+                           f"restart {count}: not restarted again")
         return VMInfo(node.name, node.name, "FAILED", ip=ip, detail=self._failure(node, reason))
+
+    def _restarts(self, node: _Node) -> tuple[int, float]:
+        """How often the node's agent was restarted, and when last (0 if never)."""
+        try:
+            record = json.loads(_readSmall(node.path(RESTARTS_FILE), 4096) or "")
+            return int(record["count"]), float(record["at"])
+        except (ValueError, KeyError, TypeError):
+            return 0, 0.0
+
+    def _restart(self, node: _Node, port: int, count: int, reason: str) -> bool:
+        """
+        Start the agent of a node again, on its port, after it died (its
+        new self stops the C{mariadbd} the old one left).  False if it cannot
+        be started.
+        """
+        self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+            "{name}: {reason}; starting its agent again (restart {count})",
+            name=node.name, reason=reason, count=count,
+        )
+        try:
+            for stale in (node.pidFile, node.path(LAUNCHED_FILE),
+                          os.path.join(node.agentDir, AGENT_URL_FILE)):
+                try:
+                    os.unlink(stale)
+                except FileNotFoundError:
+                    pass
+            write_file_atomic(
+                node.path(RESTARTS_FILE),
+                json.dumps({"count": count, "at": self._reactor.seconds()}) + "\n",
+                mode=0o600,
+            )
+            self._launch(node, port)
+        except OSError as e:
+            self.log.error("{name}: cannot start its agent again: {error}", name=node.name,
+                           error=e)
+            return False
+        return True
+
+    def _launch(self, node: _Node, port: int) -> None:
+        """Start twistd for the node's agent (it daemonizes it)."""
+        launcher = _Launcher(self, node)
+        self._reactor.spawnProcess(
+            launcher,
+            sys.executable,
+            self._agentArgv(node, port),
+            env=self._agentEnvironment(node),
+            path=node.dir,
+        )
+        self._launchers[node.name] = launcher
 
     def _created(self, node: _Node, default: float) -> float:
         try:
