@@ -623,9 +623,11 @@ class Manager(service.Service):
                 self.config.probe_timeout + 1,
             )
         except Exception as e:
+            node.core.agentAnswered = False
             node.machine.agentDown(_describe(e))
             return
         info = result.get("return") if isinstance(result, dict) else None
+        node.core.agentAnswered = isinstance(info, dict)
         if not isinstance(info, dict):
             node.machine.agentDown(f"the agent sent an unexpected reply: {result!r:.100}")
         elif info.get("isRunningMySQL") is True:
@@ -642,6 +644,7 @@ class Manager(service.Service):
             node.machine.agentDown(reason)
             self._track(Deferred.fromCoroutine(self._startServer(node, client)))
         else:
+            node.core.agentInfo = dict(info)
             node.machine.agentDown(
                 f"the agent answers but its database server is {info.get('state')}"
                 + (f" ({info['error']})" if info.get("error") else "")
@@ -679,10 +682,18 @@ class Manager(service.Service):
             "mysqld_port": record.mysqld_port,
             "vm_id": record.vm_id,
         }
+        agent = node.core.agentInfo
         if node.core.unreachable:
             info["unreachable"] = True
+            if node.core.agentAnswered:
+                info["server_state"] = agent.get("state")
+        if agent.get("restarts"):
+            # The agent restarted its database server after it died.
+            info["server_restarts"] = agent["restarts"]
         error = record.error or (
-            f"agent unreachable: {node.core.lastProbeError}" if node.core.unreachable else None
+            (node.core.lastProbeError if node.core.agentAnswered
+             else f"agent unreachable: {node.core.lastProbeError}")
+            if node.core.unreachable else None
         )
         if error:
             info["error"] = error
