@@ -26,7 +26,6 @@ from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import (
     InvalidParams,
     MethodNotFound,
-    NotAvailable,
     NotFound,
     RPCError,
     WrongState,
@@ -196,10 +195,9 @@ class APITests(TestCase):
              WrongState, "no running node"),
             ("get_users", {}, WrongState, "no running node"),
             ("send_mysqldump", {"serviceNodeId": 1}, InvalidParams, "missing file 'mysqldump'"),
-            ("set_up_replica_master", {"id": 1}, NotAvailable, "not available yet"),
-            ("set_up_replica_slave", {"id": 2, "master_host": "x"}, NotAvailable,
-             "not available yet"),
-            ("get_service_performance", {}, NotAvailable, "not available yet"),
+            ("set_up_replica_master", {"id": 1}, NotFound, "no node 1"),
+            ("set_up_replica_master", {"id": 0}, InvalidParams, "'id'"),
+            ("set_up_replica_slave", {"id": 2}, NotFound, "no node 2"),
             ("getLog", {}, MethodNotFound, "no method named 'getLog'"),
         ]
         for method, params, error, message in cases:
@@ -395,8 +393,9 @@ class CLITests(TestCase):
         code, _, err = await cli("get_node_info", "9")
         self.assertEqual(err, "error 1002: no node 9 in this service (list_nodes lists them)\n")
         self.assertEqual(await cli("delete_nodes", "1"), (0, "removed node 1\n", ""))
+        # The fake agents know no replication: the agent's answer is passed on.
         code, _, err = await cli("set_up_replica_master", "2")
-        self.assertIn("error 1005: set_up_replica_master is not available yet", err)
+        self.assertIn("error -32601: node 2: set_up_replica_master: no method named", err)
         self.assertEqual(await cli("shutdown"), (0, "state: EPILOGUE\n", ""))
         await waitFor(lambda: m.stops == 1, "the manager to stop")
 

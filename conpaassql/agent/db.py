@@ -54,6 +54,9 @@ STATUS_COUNTERS = (
     "Innodb_rows_read", "Innodb_rows_inserted", "Innodb_rows_updated",
     "Innodb_rows_deleted", "Innodb_buffer_pool_read_requests",
     "Innodb_buffer_pool_reads", "Open_tables", "Created_tmp_disk_tables",
+    # What the manager's performance figures also sum (writes, errors).
+    "Com_insert_select", "Com_update_multi", "Com_delete_multi", "Com_replace_select",
+    "Com_load", "Access_denied_errors",
 )
 
 

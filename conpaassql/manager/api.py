@@ -16,7 +16,7 @@ from twisted.web.client import FileBodyProducer
 
 from conpaassql.manager.service import AgentClient, Manager
 from conpaassql.rpc.dispatch import Params, Upload, method
-from conpaassql.rpc.errors import InvalidParams, NotAvailable
+from conpaassql.rpc.errors import InvalidParams
 
 __all__ = ["ManagerAPI", "UploadReader"]
 
@@ -136,13 +136,20 @@ class ManagerAPI:
         agentMethod: str,
         forward: dict[str, Any],
         show: Callable[[Any], Any] = lambda result: "OK",
+        *,
+        write: bool = True,
     ) -> dict[str, Any]:
         """
-        Call C{agentMethod} on the target nodes' agents.
+        Call C{agentMethod} on the target nodes' agents (for a write, on
+        the master once there is one: L{Manager.writeTargets}).
 
-        @return: C{{node id: show(agent's result)}}, with the skipped nodes.
+        @return: C{{node id: show(agent's result)}}, with the skipped nodes
+            (and the slaves, reached by replication).
         """
-        nodes, skipped = await self.manager.targets(target)
+        if write:
+            nodes, skipped = await self.manager.writeTargets(target)
+        else:
+            nodes, skipped = await self.manager.targets(target)
 
         async def call(client: AgentClient) -> Any:
             return show(await client.call(agentMethod, forward,
@@ -186,6 +193,7 @@ class ManagerAPI:
         return await self._forward(
             target, "get_all_users", {},
             lambda result: result.get("return") if isinstance(result, dict) else result,
+            write=False,
         )
 
     @method(params=("serviceNodeId", "database"), upload=True)
@@ -200,7 +208,7 @@ class ManagerAPI:
         if "database" in params:
             forward["database"] = params.str("database", pattern=_DATABASE,
                                              what="a database name")
-        nodes, skipped = await self.manager.targets(target)
+        nodes, skipped = await self.manager.writeTargets(target)
         name = os.path.basename(upload.filename or "dump.sql")
 
         async def call(client: AgentClient) -> Any:
@@ -212,27 +220,36 @@ class ManagerAPI:
 
         done = await self.manager.onAgents(nodes, call, "send_mysqldump")
         if target != "all":
-            return done[str(target)]
+            # Aimed at a slave, it went to the master.
+            return done[str(nodes[0].id)]
         return {**done, **skipped}
 
-    # Replication (the next issue).
-
-    def _notYet(self, what: str) -> NotAvailable:
-        return NotAvailable(f"{what} is not available yet: replication is not implemented in "
-                            "this version", {"method": what})
+    # Replication.
 
     @method(params=("id",), extraParams=True)
     async def set_up_replica_master(self, params: Params) -> Any:
-        """Make a node the replication master (not available yet)."""
-        raise self._notYet("set_up_replica_master")
+        """
+        Make node C{id} the replication master; on the master, nothing
+        changes; on a slave while a master exists, a controlled switchover.
+        """
+        nodeId = int(params.int("id", min=1))
+        return await self.manager.replication.setUpMaster(nodeId)
 
     @method(params=("id",), extraParams=True)
     async def set_up_replica_slave(self, params: Params) -> Any:
-        """Make a node a replica of the master (not available yet)."""
-        raise self._notYet("set_up_replica_slave")
+        """
+        Make node C{id} a slave of the master, seeded from it; answers at
+        once (C{"state": "SEEDING"}); get_node_info shows the progress.
+        """
+        nodeId = int(params.int("id", min=1))
+        return await self.manager.replication.attachSlave(nodeId)
 
     @method()
     async def get_service_performance(self, params: Params) -> Any:
-        """The service's performance figures (not available yet)."""
-        raise self._notYet("get_service_performance")
-
+        """
+        The service's performance over the last minute: queries, reads and
+        writes per second, connections, slow queries, bytes, replication
+        lag, per node and for the service, and the original's four keys.
+        """
+        await self.manager.ready
+        return self.manager.performance.report()

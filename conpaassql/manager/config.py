@@ -21,6 +21,8 @@ An INI file in the original's shape, read once into a frozen dataclass::
     agent_port = 60000        ; the port agents listen on (the local driver picks its own)
     manager_url =             ; the URL nodes reach the manager at (default: the listening one)
     logfile =                 ; also write the log to this file
+    metrics_interval = 5      ; seconds between performance samples of the nodes
+    switchover_timeout = 30   ; seconds a switchover waits for the new master to catch up
 
 Every problem is collected and reported together in one L{ConfigError};
 unknown sections and keys are problems, and so is a driver whose module
@@ -65,6 +67,8 @@ class ManagerConfig:
     agent_port: int = 60000
     logfile: str | None = None
     manager_url: str | None = None
+    metrics_interval: float = 5.0
+    switchover_timeout: float = 30.0
 
     @property
     def bootPollInterval(self) -> float:
@@ -86,6 +90,8 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "agent_call_timeout": (float, 1, 86400),
     "upload_timeout": (float, 1, 7 * 86400),
     "agent_port": (int, 1, 65535),
+    "metrics_interval": (float, 0.05, 3600),
+    "switchover_timeout": (float, 1, 3600),
 }
 _MANAGER_KEYS = (*_NUMBERS, "poll_agents_timer", "logfile", "manager_url")
 

@@ -139,6 +139,8 @@ class NodeCore:
         #: Whether the last failed probe had an answer (the agent runs, its
         #: database server does not).
         self.agentAnswered = False
+        #: Milliseconds the last successful probe took.
+        self.probeMs: float | None = None
         self._writes: list[Deferred[None]] = []
 
     @property

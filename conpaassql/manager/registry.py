@@ -215,8 +215,8 @@ class Registry:
 
         return await self._pool.runInteraction(interaction)
 
-    async def meta(self, key: str) -> str | None:
-        """The value kept under C{key} in the meta table, or L{None}."""
+    async def getMeta(self, key: str) -> str | None:
+        """The value kept under C{key}, or L{None}."""
 
         def interaction(txn: Any) -> str | None:
             txn.execute("SELECT value FROM meta WHERE key = ?", (key,))
@@ -225,14 +225,25 @@ class Registry:
 
         return await self._pool.runInteraction(interaction)
 
+    async def metaWithPrefix(self, prefix: str) -> dict[str, str]:
+        """Every key starting with C{prefix}, with its value."""
+
+        def interaction(txn: Any) -> dict[str, str]:
+            txn.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
+                        (len(prefix), prefix))
+            return {str(k): str(v) for k, v in txn.fetchall()}
+
+        return await self._pool.runInteraction(interaction)
+
     async def setMeta(self, key: str, value: str | None) -> None:
-        """Keep C{value} under C{key} in the meta table (L{None}: remove it)."""
+        """Keep C{value} under C{key} (L{None}: forget the key), committed."""
 
         def interaction(txn: Any) -> None:
             if value is None:
                 txn.execute("DELETE FROM meta WHERE key = ?", (key,))
             else:
-                txn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                txn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                             (key, value))
 
         await self._pool.runInteraction(interaction)

@@ -50,7 +50,9 @@ from conpaassql.iaas.base import IaaSDriver, NodeSpec, VMInfo, nodeIdOfName
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.lifecycle import Lifecycle, LifecycleMachine, PhaseCore
 from conpaassql.manager.node import ADAPTING_STATES, Node, NodeCore, NodeHooks
+from conpaassql.manager.performance import PerformanceTracker, Sample
 from conpaassql.manager.registry import NodeRecord, Registry
+from conpaassql.manager.replication import ReplicationCoordinator
 from conpaassql.rpc.errors import (
     Conflict,
     NotFound,
@@ -195,6 +197,12 @@ class Manager(service.Service):
         )
         self._poller.clock = clock
         self._epilogue: Deferred[None] | None = None
+        #: Replication roles and operations (L{ReplicationCoordinator}).
+        self.replication = ReplicationCoordinator(self)
+        #: The performance figures, fed by the sampler every C{metrics_interval}.
+        self.performance = PerformanceTracker()
+        self._sampler = TimerService(config.metrics_interval, self._sampleCycle)
+        self._sampler.clock = clock
 
     # Phases.
 
@@ -209,9 +217,9 @@ class Manager(service.Service):
 
     def serviceState(self) -> str:
         """The state get_service_info reports; RUNNING becomes ADAPTING while nodes move."""
-        if self.phase == "RUNNING" and any(
+        if self.phase == "RUNNING" and (self.replication.busy or any(
             n.state in ADAPTING_STATES for n in self.nodes.values()
-        ):
+        )):
             return "ADAPTING"
         return self.phase
 
@@ -235,7 +243,8 @@ class Manager(service.Service):
             self.driver = self._driverFactory(self.serviceTag)
             for record in await self.registry.liveNodes():
                 self._add(record)
-            resumeShutdown = await self.registry.meta(SHUTDOWN_KEY) is not None
+            resumeShutdown = await self.registry.getMeta(SHUTDOWN_KEY) is not None
+            await self.replication.restore()
         except Exception as e:
             log.failure("manager: cannot start")
             self.lifecycle.startFailed(f"cannot start: {_describe(e)}")
@@ -254,6 +263,7 @@ class Manager(service.Service):
         await self._urlKnown
         if self.running and self.phase in ("PROLOGUE", "EPILOGUE"):
             self._poller.startService()
+            self._sampler.startService()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -268,6 +278,9 @@ class Manager(service.Service):
             self._urlKnown.callback(None)
         if self._poller.running:
             await self._poller.stopService()
+        if self._sampler.running:
+            await self._sampler.stopService()
+        self.replication.stop()
         if self._epilogue is not None:
             # Stopped during a shutdown: the nodes left TERMINATING are ended
             # after the next start.
@@ -397,8 +410,7 @@ class Manager(service.Service):
         await self._ensureUsable()
         node = self.node(nodeId)
         if node.core.record.role == "MASTER":
-            slaves = [n.id for n in self.nodes.values()
-                      if n.core.record.role == "SLAVE" and n.state != "TERMINATING"]
+            slaves = self.replication.dependents(nodeId)
             if slaves:
                 raise Conflict(
                     f"node {nodeId} is the replication master and nodes "
@@ -438,6 +450,8 @@ class Manager(service.Service):
 
     def _gone(self, core: NodeCore) -> None:
         self.nodes.pop(core.id, None)
+        self.replication.forget(core.id)
+        self.performance.forget(core.id)
         self._track(Deferred.fromCoroutine(self._closeClient(core.id)))
 
     def _terminateOrphan(self, vm: VMInfo) -> None:
@@ -617,6 +631,7 @@ class Manager(service.Service):
         client = self.client(node)
         if client is None:
             return
+        started = self.clock.seconds()
         try:
             result = await self._timed(
                 client.call("get_server_state", {}, timeout=self.config.probe_timeout),
@@ -626,6 +641,7 @@ class Manager(service.Service):
             node.core.agentAnswered = False
             node.machine.agentDown(_describe(e))
             return
+        node.core.probeMs = (self.clock.seconds() - started) * 1000.0
         info = result.get("return") if isinstance(result, dict) else None
         node.core.agentAnswered = isinstance(info, dict)
         if not isinstance(info, dict):
@@ -690,11 +706,14 @@ class Manager(service.Service):
         if agent.get("restarts"):
             # The agent restarted its database server after it died.
             info["server_restarts"] = agent["restarts"]
+        replication = self.replication.nodeReplication(node)
+        if replication is not None:
+            info["replication"] = replication
         error = record.error or (
             (node.core.lastProbeError if node.core.agentAnswered
              else f"agent unreachable: {node.core.lastProbeError}")
             if node.core.unreachable else None
-        )
+        ) or self.replication.setupError(node.id)
         if error:
             info["error"] = error
         return info
@@ -714,7 +733,60 @@ class Manager(service.Service):
             info["error"] = self.error
         if self.cloudError:
             info["cloud_error"] = self.cloudError
+        info.update(self.replication.serviceInfo())
         return info
+
+    # Performance.
+
+    def _sampleCycle(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._safeSample())
+
+    async def _safeSample(self) -> None:
+        try:
+            await self.sampleOnce()
+        except Exception:
+            log.failure("manager: a performance sample failed")
+
+    async def sampleOnce(self) -> None:
+        """
+        Read every RUNNING, reachable node's status counters (the agent's
+        get_performance), concurrently (at most C{probe_concurrency} at
+        once, each within C{probe_timeout}), into L{performance}.
+        """
+        nodes = [n for n in list(self.nodes.values())
+                 if n.state == "RUNNING" and not n.core.unreachable and self._address(n)]
+        await DeferredList([
+            self._semaphore.run(lambda n=node: Deferred.fromCoroutine(self._sample(n)))
+            for node in nodes
+        ])
+
+    async def _sample(self, node: Node) -> None:
+        client = self.client(node)
+        if client is None:
+            return
+        try:
+            result = await self._timed(
+                client.call("get_performance", {}, timeout=self.config.probe_timeout),
+                self.config.probe_timeout + 1,
+            )
+            figures = result["return"]
+            status = {str(k): int(v) for k, v in figures["status"].items()}
+            timestamp = float(figures["timestamp"])
+        except Exception as e:
+            log.debug("node {node}: no performance sample: {why}", node=node.id,
+                      why=_describe(e))
+            return
+        if node.id not in self.nodes:
+            return
+        replication = node.core.agentInfo.get("replication")
+        lag = None
+        if isinstance(replication, dict) and node.core.record.role == "SLAVE":
+            behind = replication.get("seconds_behind")
+            lag = float(behind) if isinstance(behind, (int, float)) else None
+        self.performance.record(
+            node.id, Sample(timestamp, status, lag=lag, probeMs=node.core.probeMs),
+            role=node.core.record.role,
+        )
 
     # Calls to agents on the user's behalf.
 
@@ -742,6 +814,31 @@ class Manager(service.Service):
         else:
             assert isinstance(target, int)
             nodes = [self.node(target)]
+        self.checkRunning(nodes)
+        return nodes, skipped
+
+    async def writeTargets(self, target: int | str) -> tuple[list[Node], dict[str, str]]:
+        """
+        The nodes a write (users, dumps) aimed at C{target} goes to: once
+        there is a replication master, the master (and, for C{"all"}, the
+        nodes outside replication); the slaves get it by replication and
+        are named with a note.  Without a master, L{targets}.
+
+        @raise Conflict: the master is changing.
+        """
+        await self._ensureUsable()
+        routed = self.replication.writeTargets(target)
+        if routed is None:
+            return await self.targets(target)
+        ids, notes = routed
+        nodes = [self.node(i) for i in ids]
+        self.checkRunning(nodes)
+        return nodes, notes
+
+    def checkRunning(self, nodes: list[Node]) -> None:
+        """
+        @raise WrongState: one of C{nodes} is not RUNNING and reachable.
+        """
         for node in nodes:
             if node.state != "RUNNING" or node.core.unreachable:
                 what = "unreachable" if node.core.unreachable else node.state
@@ -750,7 +847,6 @@ class Manager(service.Service):
                     "(wait_nodes waits for that)",
                     {"serviceNodeId": node.id, "state": node.state},
                 )
-        return nodes, skipped
 
     async def onAgents(
         self,

@@ -20,9 +20,11 @@ from conpaassql.iaas.base import DriverConfigError, IaaSDriver
 from conpaassql.manager import drivers
 from conpaassql.manager.api import ManagerAPI
 from conpaassql.manager.config import ManagerConfig, load_config
+from conpaassql.manager.performance import MetricsResource
 from conpaassql.manager.registry import Registry
 from conpaassql.manager.service import AgentClient, Manager
 from conpaassql.rpc.client import RPCClient
+from conpaassql.rpc.resource import TokenAuth
 from conpaassql.rpc.serve import RPCServerService, ServiceOptions, serviceOptions
 
 log = Logger()
@@ -138,7 +140,10 @@ class ManagerService(RPCServerService):
         )
         self.manager.setServiceParent(self)
         super().startService()
-        self.serve([ManagerAPI(self.manager)], token, uploadDir=uploads)
+        metrics = MetricsResource(self.manager.performance,
+                                  TokenAuth([token], hint=f"token file {self.tokenFile}"))
+        self.serve([ManagerAPI(self.manager)], token, uploadDir=uploads,
+                   children={b"metrics": metrics})
 
     def listeningAt(self, url: str) -> None:
         assert self.manager is not None
