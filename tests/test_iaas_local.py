@@ -187,12 +187,13 @@ class SettingsTests(SynchronousTestCase):
                 "LOCAL_BIND_ADDRESS": "::1",
                 "Local_Boot_Timeout": "12.5",
                 "LOCAL_STOP_TIMEOUT": "3",
+                "local_agent_restart": "No",
                 "DRIVER": "LOCAL",
                 "OPENNEBULA_URL": "ignored: not ours",
             },
             "/srv/manager",
         )
-        self.assertEqual(settings, LocalSettings("/srv/manager/nodes", "::1", 12.5, 3.0))
+        self.assertEqual(settings, LocalSettings("/srv/manager/nodes", "::1", 12.5, 3.0, False))
 
     def test_absolute_base_dir(self) -> None:
         settings = LocalSettings.fromMapping({"LOCAL_BASE_DIR": "/data/cloud/"}, "/srv")
@@ -206,19 +207,21 @@ class SettingsTests(SynchronousTestCase):
                 "LOCAL_BIND_ADDRESS": "localhost",
                 "LOCAL_BOOT_TIMEOUT": "soon",
                 "LOCAL_STOP_TIMEOUT": "-1",
+                "LOCAL_AGENT_RESTART": "maybe",
                 "LOCAL_BASE": "/x",
             },
             stateDir="/srv",
             reactor=Clock(),
             serviceTag="Bad Tag",
         )
-        self.assertEqual(len(e.problems), 5, e.problems)
+        self.assertEqual(len(e.problems), 6, e.problems)
         text = str(e)
         for word in (
             "LOCAL_BASE",
             "LOCAL_BIND_ADDRESS",
             "LOCAL_BOOT_TIMEOUT",
             "LOCAL_STOP_TIMEOUT",
+            "LOCAL_AGENT_RESTART",
             "service tag",
         ):
             self.assertIn(word, text)
@@ -492,10 +495,12 @@ class LocalAgentTests(TestCase):
         socketDir = self._socketDir(nodeDir)
         agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
         os.kill(agentPid, signal.SIGKILL)
-        seen: list[str] = []
-        again = await waitFor(driver, info.vmId, ("RUNNING", "FAILED"), seen)
+        restarting = await waitFor(driver, info.vmId, ("BOOTING", "PENDING", "FAILED"))
+        self.assertEqual(restarting.state, "BOOTING", restarting.detail)
+        self.assertIn(f"agent restarted (the agent process (pid {agentPid}) is gone",
+                      restarting.detail)
+        again = await waitFor(driver, info.vmId, ("RUNNING", "FAILED"))
         self.assertEqual(again.state, "RUNNING", again.detail)
-        self.assertIn("BOOTING", seen)
         self.assertEqual(again.agentPort, running.agentPort)
         restarted = await serverRunning(again, token)
         self.assertEqual(restarted["state"], "RUNNING", restarted)
@@ -520,6 +525,21 @@ class LocalAgentTests(TestCase):
         if socketDir is not None:
             self.assertFalse(os.path.exists(socketDir))
         self.assertEqual(await driver.list(), [])
+
+    async def test_killed_agent_not_restarted(self) -> None:
+        """
+        With LOCAL_AGENT_RESTART off, a dead agent is a crashed VM: FAILED.
+        """
+        driver = self.cloud.driver(LOCAL_AGENT_RESTART="false")
+        info = await driver.create(spec(8))
+        await waitFor(driver, info.vmId, ("RUNNING", "FAILED"))
+        nodeDir = self.cloud.nodeDir(info.name)
+        agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
+        os.kill(agentPid, signal.SIGKILL)
+        failed = await waitFor(driver, info.vmId, ("FAILED", "BOOTING"))
+        self.assertEqual(failed.state, "FAILED")
+        self.assertIn(f"the agent process (pid {agentPid}) is gone", failed.detail)
+        self.assertFalse(os.path.exists(os.path.join(nodeDir, "restarts.json")))
 
     async def test_two_nodes_at_once(self) -> None:
         """

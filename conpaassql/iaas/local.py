@@ -53,6 +53,9 @@ Settings (the C{[iaas]} section, keys in any case, all optional):
   - C{LOCAL_STOP_TIMEOUT}: seconds L{LocalDriver.terminate} waits after
     SIGTERM for the agent to stop its server and exit before it uses
     SIGKILL; default 30.
+  - C{LOCAL_AGENT_RESTART}: whether an agent that died is started again
+    (see above); default true.  With false, a dead agent is a crashed VM:
+    FAILED at once (what tests of a lost node use).
 
 Any other C{LOCAL_*} key is an error; keys without the C{LOCAL_} prefix
 (C{DRIVER}, other drivers' keys) are not this driver's business.
@@ -127,6 +130,7 @@ class LocalSettings:
     bindAddress: str = "127.0.0.1"
     bootTimeout: float = 60.0
     stopTimeout: float = 30.0
+    agentRestart: bool = True
 
     @classmethod
     def fromMapping(cls, settings: Mapping[str, str], stateDir: str) -> LocalSettings:
@@ -137,7 +141,8 @@ class LocalSettings:
         """
         problems: list[str] = []
         given = {str(k).upper(): str(v).strip() for k, v in settings.items()}
-        known = {"LOCAL_BASE_DIR", "LOCAL_BIND_ADDRESS", "LOCAL_BOOT_TIMEOUT", "LOCAL_STOP_TIMEOUT"}
+        known = {"LOCAL_BASE_DIR", "LOCAL_BIND_ADDRESS", "LOCAL_BOOT_TIMEOUT", "LOCAL_STOP_TIMEOUT",
+                 "LOCAL_AGENT_RESTART"}
         for key in sorted(given):
             if key.startswith("LOCAL_") and key not in known:
                 problems.append(
@@ -171,9 +176,13 @@ class LocalSettings:
 
         bootTimeout = seconds("LOCAL_BOOT_TIMEOUT", cls.bootTimeout)
         stopTimeout = seconds("LOCAL_STOP_TIMEOUT", cls.stopTimeout)
+        restart = (given.get("LOCAL_AGENT_RESTART") or "true").lower()
+        if restart not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            problems.append(f"LOCAL_AGENT_RESTART must be true or false, not {restart!r}")
         if problems:
             raise DriverConfigError(problems)
-        return cls(baseDir, bindAddress, bootTimeout, stopTimeout)
+        return cls(baseDir, bindAddress, bootTimeout, stopTimeout,
+                   restart in ("true", "yes", "on", "1"))
 
 
 def makeDriver(
@@ -655,7 +664,8 @@ class LocalDriver:
             if age < self.settings.bootTimeout or node.name in self._launchers:
                 return VMInfo(node.name, node.name, "PENDING", ip=ip, detail="agent starting")
             reason = f"no agent process {self.settings.bootTimeout:g} s after creation"
-        if launchFailed is None and port is not None and node.name not in self._launchers:
+        if (self.settings.agentRestart and launchFailed is None and port is not None
+                and node.name not in self._launchers):
             # It served, then died: started again, as its supervisor does on a
             # real VM, unless it died soon after the last restart.
             if self._reactor.seconds() - restartedAt >= self.restartWindow:
