@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 
 from conpaassql.iaas.base import IaaSDriver, NodeSpec, VMInfo, nodeIdOfName
 from conpaassql.manager.config import ManagerConfig
+from conpaassql.manager.failover import MasterWatch
 from conpaassql.manager.lifecycle import Lifecycle, LifecycleMachine, PhaseCore
 from conpaassql.manager.node import ADAPTING_STATES, Node, NodeCore, NodeHooks
 from conpaassql.manager.performance import PerformanceTracker, Sample
@@ -199,6 +200,8 @@ class Manager(service.Service):
         self._epilogue: Deferred[None] | None = None
         #: Replication roles and operations (L{ReplicationCoordinator}).
         self.replication = ReplicationCoordinator(self)
+        #: The master's loss, and failover (L{MasterWatch}).
+        self.failover = MasterWatch(self)
         #: The performance figures, fed by the sampler every C{metrics_interval}.
         self.performance = PerformanceTracker()
         self._sampler = TimerService(config.metrics_interval, self._sampleCycle)
@@ -217,7 +220,7 @@ class Manager(service.Service):
 
     def serviceState(self) -> str:
         """The state get_service_info reports; RUNNING becomes ADAPTING while nodes move."""
-        if self.phase == "RUNNING" and (self.replication.busy or any(
+        if self.phase == "RUNNING" and (self.replication.busy or self.failover.busy or any(
             n.state in ADAPTING_STATES for n in self.nodes.values()
         )):
             return "ADAPTING"
@@ -245,6 +248,7 @@ class Manager(service.Service):
                 self._add(record)
             resumeShutdown = await self.registry.getMeta(SHUTDOWN_KEY) is not None
             await self.replication.restore()
+            await self.failover.restore()
         except Exception as e:
             log.failure("manager: cannot start")
             self.lifecycle.startFailed(f"cannot start: {_describe(e)}")
@@ -281,6 +285,7 @@ class Manager(service.Service):
         if self._sampler.running:
             await self._sampler.stopService()
         self.replication.stop()
+        self.failover.stop()
         if self._epilogue is not None:
             # Stopped during a shutdown: the nodes left TERMINATING are ended
             # after the next start.
@@ -563,6 +568,8 @@ class Manager(service.Service):
             if node.state == "TERMINATING":
                 self._terminate(node.core)
         await self._flushAll()
+        if self.phase in ("PROLOGUE", "RUNNING"):
+            self.failover.check()
         self.cycles += 1
         self.lifecycle.polled()
 
@@ -734,6 +741,7 @@ class Manager(service.Service):
         if self.cloudError:
             info["cloud_error"] = self.cloudError
         info.update(self.replication.serviceInfo())
+        info.update(self.failover.serviceInfo())
         return info
 
     # Performance.

@@ -1,0 +1,230 @@
+"""
+Losing the replication master: a real manager (in this process) on the
+LOCAL driver, a master and two seeded slaves (real agents, real
+C{mariadbd}s), the master then killed (its agent and its server, with the
+LOCAL cloud's agent restart off: a crashed VM) or frozen (SIGSTOP: to the
+manager, a node cut off from the network that still runs).
+
+  - C{failover = manual}: the loss is reported (get_service_info
+    C{master_lost}) and nothing is promoted; C{set_up_replica_master} on a
+    slave that is not the most advanced is refused, on the most advanced one
+    it recovers the service.
+  - C{failover = auto}: the most advanced slave is promoted and the other
+    follows it; the old master's VM is ended first.
+  - A frozen master is fenced (its VM ended by the cloud) before a slave is
+    promoted: at no time are there two writable masters.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from types import MappingProxyType
+from typing import Any
+
+import pymysql
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from conpaassql.manager.config import ManagerConfig
+from conpaassql.manager.service import Manager
+from conpaassql.manager.tap import ManagerService
+from conpaassql.rpc.client import RPCClient
+from conpaassql.rpc.errors import Conflict
+from tests.support.managerproc import WAIT, nodeProcesses, nodesIn, reactor, until
+from tests.support.mariadb import pid_alive, skip_unless_mariadb
+from tests.test_iaas_local import LocalCloud, localCloud
+from tests.test_manager_replication import DUMP, PASSWORD, insertRows, sql
+
+
+def readOnly(port: int) -> bool | None:
+    """The server's read_only, or None if it does not answer."""
+    try:
+        return bool((sql(port, "SELECT @@GLOBAL.read_only"))[0][0])
+    except pymysql.MySQLError:
+        return None
+
+
+class FailoverTests(TestCase):
+    skip = skip_unless_mariadb()
+    timeout = 900
+
+    async def replicated(
+        self, failover: str, lostTimeout: float = 2.0
+    ) -> tuple[LocalCloud, Manager, RPCClient, dict[int, int]]:
+        """A manager, master node 1 with data and a user, slaves 2 and 3 in sync."""
+        cloud = localCloud(self)
+        config = ManagerConfig(
+            poll_interval=0.25, boot_timeout=WAIT, probe_timeout=1.0, metrics_interval=5,
+            failover=failover, master_lost_timeout=lostTimeout,
+            driverSettings=MappingProxyType({"LOCAL_AGENT_RESTART": "false",
+                                             "LOCAL_STOP_TIMEOUT": "2"}),
+        )
+        service = ManagerService(cloud.stateDir, config, "tcp:0:interface=127.0.0.1",
+                                 os.path.join(cloud.stateDir, "api-token"), reactor=reactor,
+                                 stopProcess=lambda: None)
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        port = await service.listening
+        with open(os.path.join(cloud.stateDir, "api-token")) as f:
+            token = f.read().strip()
+        client = RPCClient(f"http://127.0.0.1:{port.getHost().port}/", token, reactor=reactor,
+                           timeout=120)
+        self.addCleanup(client.close)
+        await client.call("add_nodes", {"function": "agent", "count": 3})
+        await until(lambda: nodesIn(client, "RUNNING", [1, 2, 3]), "three RUNNING nodes")
+        ports = {i: (await self.info(client, i))["mysqld_port"] for i in (1, 2, 3)}
+        await client.call("set_up_replica_master", {"id": 1})
+
+        async def ready() -> bool:
+            info = await self.info(client, 1)
+            return bool(info["isRunningMySQL"]) and not info.get("unreachable")
+
+        await until(ready, "the master running again after its restart")
+        await client.call("configure_user", {"serviceNodeId": 1, "username": "app",
+                                             "password": PASSWORD, "databases": ["shop"]})
+        path = os.path.join(cloud.stateDir, "shop.sql")
+        with open(path, "wb") as out:
+            out.write(DUMP)
+        with open(path, "rb") as dump:
+            await client.upload("send_mysqldump", {"serviceNodeId": "1"},
+                                {"mysqldump": ("shop.sql", dump)}, timeout=120)
+        for nodeId in (2, 3):
+            await client.call("set_up_replica_slave", {"id": nodeId})
+        await until(lambda: self.roles(client, {2: "SLAVE", 3: "SLAVE"}), "two slaves")
+        await deferToThread(insertRows, ports[1], 100, 200)
+        await until(lambda: self.count(ports, [1, 2, 3], 203), "slaves in sync")
+        assert service.manager is not None
+        return cloud, service.manager, client, ports
+
+    async def info(self, client: RPCClient, nodeId: int) -> dict[str, Any]:
+        return dict((await client.call("get_node_info", {"serviceNodeId": nodeId}))["serviceNode"])
+
+    async def roles(self, client: RPCClient, expected: dict[int, str]) -> bool:
+        for nodeId, role in expected.items():
+            info = await self.info(client, nodeId)
+            setup = info.get("replication", {}).get("setup", {})
+            if setup.get("error"):
+                raise AssertionError(f"node {nodeId}: {info}")
+            if info["role"] != role:
+                return False
+        return True
+
+    async def count(self, ports: dict[int, int], ids: list[int], rows: int) -> bool:
+        for i in ids:
+            found = (await deferToThread(sql, ports[i], "SELECT COUNT(*) FROM items"))[0][0]
+            if found != rows:
+                return False
+        return True
+
+    async def agentCall(self, manager: Manager, nodeId: int, method: str) -> Any:
+        record = manager.nodes[nodeId].core.record
+        agent = RPCClient(f"http://127.0.0.1:{record.agent_port}/", record.token,
+                          reactor=reactor, timeout=60)
+        try:
+            return (await agent.call(method))["return"]
+        finally:
+            await agent.close()
+
+    async def node3Ahead(self, manager: Manager, ports: dict[int, int]) -> None:
+        """Node 2 stops replicating; 50 more rows reach node 3 only."""
+        await self.agentCall(manager, 2, "stop_replica")
+        await deferToThread(insertRows, ports[1], 1000, 50)
+        await until(lambda: self.count(ports, [1, 3], 253), "node 3 in sync")
+        await self.agentCall(manager, 2, "start_replica")
+        await self.agentCall(manager, 2, "stop_replica")
+
+    def masterPids(self, cloud: LocalCloud, manager: Manager) -> list[int]:
+        name = manager.nodes[1].core.record.name
+        with open(os.path.join(cloud.baseDir, name, "twistd.pid")) as f:
+            agent = int(f.read())
+        return [agent, manager.nodes[1].core.agentInfo["pid"]]
+
+    async def followed(self, client: RPCClient, ports: dict[int, int], master: int,
+                       slave: int, rows: int) -> None:
+        """The new master takes writes; the slave follows it and has them."""
+        await until(lambda: self.roles(client, {master: "MASTER", slave: "SLAVE"}),
+                    f"node {slave} following node {master}")
+        self.assertFalse(await deferToThread(readOnly, ports[master]))
+        self.assertTrue(await deferToThread(readOnly, ports[slave]))
+        await deferToThread(insertRows, ports[master], 5000, 10)
+        await until(lambda: self.count(ports, [master, slave], rows + 10),
+                    "the new master's writes on the slave")
+        self.assertEqual(await client.call("list_nodes"), {"serviceNode": [2, 3]})
+        info = await client.call("get_service_info")
+        self.assertEqual(info["master"], master)
+        self.assertNotIn("master_lost", info)
+        self.assertEqual((info["last_failover"]["from"], info["last_failover"]["to"]),
+                         (1, master))
+
+    async def test_manual(self) -> None:
+        cloud, manager, client, ports = await self.replicated("manual")
+        await self.node3Ahead(manager, ports)
+        for pid in self.masterPids(cloud, manager):
+            os.kill(pid, signal.SIGKILL)
+
+        async def lost() -> Any:
+            info = await client.call("get_service_info")
+            return info.get("master_lost")
+
+        shown = await until(lost, "the master reported lost")
+        self.assertEqual((shown["id"], shown["failover"]), (1, "manual"))
+        self.assertIn("the cloud reports the VM failed", shown["reason"])
+        self.assertIn("set_up_replica_master", shown["recover"])
+        cycles = manager.cycles
+        await until(lambda: manager.cycles >= cycles + 8, "eight more poll cycles")
+        info = await client.call("get_service_info")
+        self.assertEqual((info["master"], info["master_lost"]["id"]), (1, 1))
+        self.assertNotIn("last_failover", info)
+
+        # Node 2 misses rows that node 3 has: promoting it would lose them.
+        with self.assertRaises(Conflict) as refused:
+            await client.call("set_up_replica_master", {"id": 2})
+        self.assertIn("node 3 is more advanced than node 2", refused.exception.message)
+        result = await client.call("set_up_replica_master", {"id": 3})
+        self.assertEqual((result["id"], result["previous_master"], result["following"]),
+                         (3, 1, [2]))
+        await self.followed(client, ports, 3, 2, 253)
+        kinds = nodeProcesses(cloud.baseDir)
+        self.assertEqual((len(kinds["agent"]), len(kinds["mariadbd"])), (2, 2), kinds)
+
+    async def test_auto(self) -> None:
+        cloud, manager, client, ports = await self.replicated("auto")
+        await self.node3Ahead(manager, ports)
+        for pid in self.masterPids(cloud, manager):
+            os.kill(pid, signal.SIGKILL)
+
+        async def promoted() -> bool:
+            return (await client.call("get_service_info"))["master"] == 3
+
+        await until(promoted, "node 3 promoted")
+        await self.followed(client, ports, 3, 2, 253)
+        kinds = nodeProcesses(cloud.baseDir)
+        self.assertEqual((len(kinds["agent"]), len(kinds["mariadbd"])), (2, 2), kinds)
+
+    async def test_frozen_master_fenced(self) -> None:
+        """
+        A master that stops answering but still runs (SIGSTOP) is ended by the
+        cloud before a slave is promoted: never two writable masters.
+        """
+        cloud, manager, client, ports = await self.replicated("auto")
+        pids = self.masterPids(cloud, manager)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(lambda: [os.kill(p, signal.SIGCONT) for p in pids if pid_alive(p)])
+        seen: dict[str, float] = {}
+
+        async def watch() -> bool:
+            if "dead" not in seen and not any(pid_alive(p) for p in pids):
+                seen["dead"] = time.monotonic()
+            if "writable" not in seen:
+                for i in (2, 3):
+                    if await deferToThread(readOnly, ports[i]) is False:
+                        seen["writable"] = time.monotonic()
+            return "writable" in seen
+
+        await until(watch, "a slave promoted", step=0.02)
+        self.assertIn("dead", seen, "a slave was made writable while the old master ran")
+        self.assertLessEqual(seen["dead"], seen["writable"])
+        await self.followed(client, ports, 2, 3, 203)
