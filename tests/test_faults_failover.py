@@ -17,15 +17,22 @@ manager, a node cut off from the network that still runs).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import secrets
+import shutil
 import signal
+import threading
 import time
 from types import MappingProxyType
 from typing import Any
 
 import pymysql
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, TestCase
 
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.service import Manager
@@ -37,6 +44,13 @@ from tests.support.mariadb import pid_alive, skip_unless_mariadb
 from tests.test_iaas_local import LocalCloud, localCloud
 from tests.test_manager_replication import DUMP, PASSWORD, insertRows, sql
 
+IP = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
+
+
+def readOnly2(port: int) -> bool:
+    """The server's read_only; fails if it cannot be reached."""
+    return bool((sql(port, "SELECT @@GLOBAL.read_only"))[0][0])
+
 
 def readOnly(port: int) -> bool | None:
     """The server's read_only, or None if it does not answer."""
@@ -46,9 +60,15 @@ def readOnly(port: int) -> bool | None:
         return None
 
 
-class FailoverTests(TestCase):
+class ReplicatedService(TestCase):
+    """A manager with a master and two slaves, and the helpers of the tests on it."""
+
     skip = skip_unless_mariadb()
     timeout = 900
+
+    def inThread(self, f: Any, *args: Any) -> Deferred[Any]:
+        """Run blocking C{f(*args)} (SQL) off the reactor."""
+        return deferToThread(f, *args)
 
     async def replicated(
         self, failover: str, lostTimeout: float = 2.0
@@ -93,7 +113,7 @@ class FailoverTests(TestCase):
         for nodeId in (2, 3):
             await client.call("set_up_replica_slave", {"id": nodeId})
         await until(lambda: self.roles(client, {2: "SLAVE", 3: "SLAVE"}), "two slaves")
-        await deferToThread(insertRows, ports[1], 100, 200)
+        await self.inThread(insertRows, ports[1], 100, 200)
         await until(lambda: self.count(ports, [1, 2, 3], 203), "slaves in sync")
         assert service.manager is not None
         return cloud, service.manager, client, ports
@@ -113,7 +133,7 @@ class FailoverTests(TestCase):
 
     async def count(self, ports: dict[int, int], ids: list[int], rows: int) -> bool:
         for i in ids:
-            found = (await deferToThread(sql, ports[i], "SELECT COUNT(*) FROM items"))[0][0]
+            found = (await self.inThread(sql, ports[i], "SELECT COUNT(*) FROM items"))[0][0]
             if found != rows:
                 return False
         return True
@@ -130,7 +150,7 @@ class FailoverTests(TestCase):
     async def node3Ahead(self, manager: Manager, ports: dict[int, int]) -> None:
         """Node 2 stops replicating; 50 more rows reach node 3 only."""
         await self.agentCall(manager, 2, "stop_replica")
-        await deferToThread(insertRows, ports[1], 1000, 50)
+        await self.inThread(insertRows, ports[1], 1000, 50)
         await until(lambda: self.count(ports, [1, 3], 253), "node 3 in sync")
         await self.agentCall(manager, 2, "start_replica")
         await self.agentCall(manager, 2, "stop_replica")
@@ -146,9 +166,9 @@ class FailoverTests(TestCase):
         """The new master takes writes; the slave follows it and has them."""
         await until(lambda: self.roles(client, {master: "MASTER", slave: "SLAVE"}),
                     f"node {slave} following node {master}")
-        self.assertFalse(await deferToThread(readOnly, ports[master]))
-        self.assertTrue(await deferToThread(readOnly, ports[slave]))
-        await deferToThread(insertRows, ports[master], 5000, 10)
+        self.assertFalse(await self.inThread(readOnly, ports[master]))
+        self.assertTrue(await self.inThread(readOnly, ports[slave]))
+        await self.inThread(insertRows, ports[master], 5000, 10)
         await until(lambda: self.count(ports, [master, slave], rows + 10),
                     "the new master's writes on the slave")
         self.assertEqual(await client.call("list_nodes"), {"serviceNode": [2, 3]})
@@ -158,6 +178,28 @@ class FailoverTests(TestCase):
         self.assertEqual((info["last_failover"]["from"], info["last_failover"]["to"]),
                          (1, master))
 
+    async def promotedAfterFence(self, pids: list[int], ports: dict[int, int]) -> None:
+        """
+        Wait until a slave is writable; check that the old master's
+        processes (C{pids}) were all dead by then.
+        """
+        seen: dict[str, float] = {}
+
+        async def watch() -> bool:
+            if "dead" not in seen and not any(pid_alive(p) for p in pids):
+                seen["dead"] = time.monotonic()
+            if "writable" not in seen:
+                for i in (2, 3):
+                    if await self.inThread(readOnly, ports[i]) is False:
+                        seen["writable"] = time.monotonic()
+            return "writable" in seen
+
+        await until(watch, "a slave promoted", step=0.02)
+        self.assertIn("dead", seen, "a slave was made writable while the old master ran")
+        self.assertLessEqual(seen["dead"], seen["writable"])
+
+
+class FailoverTests(ReplicatedService):
     async def test_manual(self) -> None:
         cloud, manager, client, ports = await self.replicated("manual")
         await self.node3Ahead(manager, ports)
@@ -213,18 +255,94 @@ class FailoverTests(TestCase):
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         self.addCleanup(lambda: [os.kill(p, signal.SIGCONT) for p in pids if pid_alive(p)])
-        seen: dict[str, float] = {}
+        await self.promotedAfterFence(pids, ports)
+        await self.followed(client, ports, 2, 3, 203)
 
-        async def watch() -> bool:
-            if "dead" not in seen and not any(pid_alive(p) for p in pids):
-                seen["dead"] = time.monotonic()
-            if "writable" not in seen:
-                for i in (2, 3):
-                    if await deferToThread(readOnly, ports[i]) is False:
-                        seen["writable"] = time.monotonic()
-            return "writable" in seen
 
-        await until(watch, "a slave promoted", step=0.02)
-        self.assertIn("dead", seen, "a slave was made writable while the old master ran")
-        self.assertLessEqual(seen["dead"], seen["writable"])
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+class NetworkCutTests(ReplicatedService):
+    """
+    The master cut off from the network, still running: this test runs the
+    manager and its nodes in a private network namespace (the reactor's
+    thread joins it; agents and servers are started from there), where
+    policy routing rules (C{ip rule ... ipproto tcp dport P unreachable})
+    cut the master's agent and server ports: its processes go on, writable
+    to any client of its own, but nothing reaches them.  Nothing outside the
+    namespace is touched.
+    """
+
+    def inThread(self, f: Any, *args: Any) -> Deferred[Any]:
+        """A new thread (started here, so in the namespace) runs C{f(*args)}."""
+        d: Deferred[Any] = Deferred()
+
+        def run() -> None:
+            try:
+                result = f(*args)
+            except BaseException:
+                failure = Failure()
+                reactor.callFromThread(d.errback, failure)
+            else:
+                reactor.callFromThread(d.callback, result)
+
+        threading.Thread(target=run, daemon=True).start()
+        return d
+
+    async def ip(self, *args: str) -> None:
+        _out, err, code = await getProcessOutputAndValue(IP, args, env=dict(os.environ))
+        if code != 0:
+            raise SkipTest(f"network namespaces cannot be used here: ip {' '.join(args)}: "
+                           f"{err.decode(errors='replace').strip()}")
+
+    async def namespace(self) -> str:
+        """A new network namespace, which the reactor's thread joins until the cleanups."""
+        if os.geteuid() != 0:
+            raise SkipTest("network namespaces need root")
+        if IP is None:
+            raise SkipTest("no ip command (iproute2)")
+        name = f"cqtest{os.getpid()}{secrets.token_hex(3)}"
+        await self.ip("netns", "add", name)
+        self.addCleanup(self.ip, "netns", "del", name)
+        await self.ip("-n", name, "link", "set", "lo", "up")
+        # Rules may then be put before the lookup of local addresses.
+        await self.ip("-n", name, "rule", "add", "pref", "100", "lookup", "local")
+        await self.ip("-n", name, "rule", "del", "pref", "0", "lookup", "local")
+        await self.ip("-n", name, "rule", "add", "pref", "10", "ipproto", "tcp", "dport", "1",
+                      "unreachable")
+        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        inside = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            _setns(inside)
+        finally:
+            os.close(inside)
+
+        def back() -> None:
+            _setns(original)
+            os.close(original)
+
+        self.addCleanup(back)
+        return name
+
+    async def test_cut_off_master_fenced(self) -> None:
+        name = await self.namespace()
+        cloud, manager, client, ports = await self.replicated("auto")
+        pids = self.masterPids(cloud, manager)
+        agentPort = manager.nodes[1].core.record.agent_port
+        assert agentPort is not None
+        for port in (agentPort, ports[1]):
+            for way in ("dport", "sport"):
+                await self.ip("-n", name, "rule", "add", "pref", "10", "ipproto", "tcp", way,
+                              str(port), "unreachable")
+        with self.assertRaises(pymysql.MySQLError):
+            await self.inThread(readOnly2, ports[1])
+        self.assertTrue(all(pid_alive(p) for p in pids), "the cut-off master runs")
+        await self.promotedAfterFence(pids, ports)
         await self.followed(client, ports, 2, 3, 203)
