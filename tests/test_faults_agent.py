@@ -22,9 +22,8 @@ from twisted.trial.unittest import TestCase
 
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.service import Manager
-from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
-from tests.support.managerproc import nodeProcesses, nodesIn, reactor, until
+from tests.support.managerproc import nodeProcesses, nodesIn, startInProcess, until
 from tests.support.mariadb import skip_unless_mariadb
 from tests.test_iaas_local import LocalCloud, localCloud
 from tests.test_manager_local import DUMP, selectItems
@@ -39,19 +38,8 @@ class NodeFaultTests(TestCase):
     async def startManager(self) -> tuple[LocalCloud, Manager, RPCClient]:
         """An in-process manager with one RUNNING node holding a user and data."""
         cloud = localCloud(self)
-        service = ManagerService(
-            cloud.stateDir, ManagerConfig(poll_interval=POLL, boot_timeout=180),
-            "tcp:0:interface=127.0.0.1", os.path.join(cloud.stateDir, "api-token"),
-            reactor=reactor, stopProcess=lambda: None,
-        )
-        service.startService()
-        self.addCleanup(lambda: service.stopService() if service.running else None)
-        port = await service.listening
-        with open(os.path.join(cloud.stateDir, "api-token")) as f:
-            token = f.read().strip()
-        client = RPCClient(f"http://127.0.0.1:{port.getHost().port}/", token, reactor=reactor,
-                           timeout=60)
-        self.addCleanup(client.close)
+        service, client = await startInProcess(
+            self, cloud.stateDir, ManagerConfig(poll_interval=POLL, boot_timeout=180))
         await client.call("add_nodes", {"function": "agent"})
         await until(lambda: nodesIn(client, "RUNNING", [1]), "node 1 RUNNING")
         await client.call("configure_user", {"serviceNodeId": 1, "username": "app",

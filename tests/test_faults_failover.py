@@ -36,10 +36,16 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.service import Manager
-from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import Conflict
-from tests.support.managerproc import WAIT, nodeProcesses, nodesIn, reactor, until
+from tests.support.managerproc import (
+    WAIT,
+    nodeProcesses,
+    nodesIn,
+    reactor,
+    startInProcess,
+    until,
+)
 from tests.support.mariadb import pid_alive, skip_unless_mariadb
 from tests.test_iaas_local import LocalCloud, localCloud
 from tests.test_manager_replication import DUMP, PASSWORD, insertRows, sql
@@ -81,17 +87,7 @@ class ReplicatedService(TestCase):
             driverSettings=MappingProxyType({"LOCAL_AGENT_RESTART": "false",
                                              "LOCAL_STOP_TIMEOUT": "2"}),
         )
-        service = ManagerService(cloud.stateDir, config, "tcp:0:interface=127.0.0.1",
-                                 os.path.join(cloud.stateDir, "api-token"), reactor=reactor,
-                                 stopProcess=lambda: None)
-        service.startService()
-        self.addCleanup(lambda: service.stopService() if service.running else None)
-        port = await service.listening
-        with open(os.path.join(cloud.stateDir, "api-token")) as f:
-            token = f.read().strip()
-        client = RPCClient(f"http://127.0.0.1:{port.getHost().port}/", token, reactor=reactor,
-                           timeout=120)
-        self.addCleanup(client.close)
+        service, client = await startInProcess(self, cloud.stateDir, config)
         await client.call("add_nodes", {"function": "agent", "count": 3})
         await until(lambda: nodesIn(client, "RUNNING", [1, 2, 3]), "three RUNNING nodes")
         ports = {i: (await self.info(client, i))["mysqld_port"] for i in (1, 2, 3)}

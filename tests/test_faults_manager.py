@@ -144,7 +144,7 @@ class ManagerKilledTests(TestCase):
         await client.close()
 
         # Started again, it is a fresh, running service.
-        third, client = await startManager(self, cloud.stateDir, config)
+        _third, client = await startManager(self, cloud.stateDir, config)
 
         async def running() -> bool:
             return (await client.call("get_service_info"))["state"] == "RUNNING"

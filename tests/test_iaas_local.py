@@ -37,24 +37,13 @@ from conpaassql.iaas.local import LocalDriver, LocalSettings, makeDriver
 from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import Unauthorized
 from tests.support.drivercontract import DriverContractMixin
+from tests.support.managerproc import processesMentioning as _processesMentioning
 from tests.support.mariadb import pid_alive, skip_unless_mariadb
 
 TAG = "test"
 OTHER = "other"
 reactor: Any = _reactor  # typed Any: mypy without the zope plugin misreads it
 WAIT = 180.0  # seconds: a generous bound on a 2-core machine shared with others
-
-
-def _processesMentioning(text: str) -> list[int]:
-    """
-    Live processes with C{text} in an argument (what C{ps} shows).
-    """
-    found = []
-    for entry in os.listdir("/proc"):
-        pid = int(entry) if entry.isdigit() else os.getpid()
-        if pid != os.getpid() and any(text in a for a in process_argv(pid)) and pid_alive(pid):
-            found.append(pid)
-    return found
 
 
 def _environ(pid: int) -> bytes:

@@ -19,6 +19,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from conpaassql.common.procfs import pid_alive, process_argv
+from conpaassql.manager.config import ManagerConfig
+from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
 
 reactor: Any = _reactor
@@ -76,6 +78,27 @@ def nodeProcesses(baseDir: str) -> dict[str, list[int]]:
         else:
             kinds["other"].append(pid)
     return kinds
+
+
+async def startInProcess(
+    testcase: TestCase, stateDir: str, config: ManagerConfig
+) -> tuple[ManagerService, RPCClient]:
+    """
+    A manager service in this process on C{stateDir}, listening on a free
+    port, and a client of its API; cleanups stop both.
+    """
+    service = ManagerService(stateDir, config, "tcp:0:interface=127.0.0.1",
+                             os.path.join(stateDir, "api-token"), reactor=reactor,
+                             stopProcess=lambda: None)
+    service.startService()
+    testcase.addCleanup(lambda: service.stopService() if service.running else None)
+    port = await service.listening
+    with open(os.path.join(stateDir, "api-token")) as f:
+        token = f.read().strip()
+    client = RPCClient(f"http://127.0.0.1:{port.getHost().port}/", token, reactor=reactor,
+                       timeout=120)
+    testcase.addCleanup(client.close)
+    return service, client
 
 
 class ManagerProcess(ProcessProtocol):
