@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 from twisted.web import resource
@@ -341,8 +342,7 @@ class RealManagerBrowserTests(BrowserTestCase):
     """
     The stand-alone front-end in front of a real manager on the LOCAL driver:
     real detached agents, each with its own real mariadbd.  Replication is
-    not in the manager yet, so make master/slave must show its NotAvailable
-    answer in words.
+    made master and another node a slave through the buttons.
     """
 
     timeout = 900
@@ -398,7 +398,7 @@ class RealManagerBrowserTests(BrowserTestCase):
         await self.startGUI()
         await self.startBrowser()
         await self.signIn(self.manager.token)
-        await self.until(self.textIn("#perf-status", "not available yet"))
+        await self.until(self.textIn("#perf-status", "Updated"))
         self.assertEqual(await self.text("#service-state"), "RUNNING")
 
         # Add a node; watch it become RUNNING in the live table.
@@ -477,14 +477,36 @@ class RealManagerBrowserTests(BrowserTestCase):
         self.assertIn("The operation failed: node 1: the dump failed at line 2", status)
         self.assertIn("Duplicate entry", status)
 
-        # Replication is not in the manager yet: its answer is shown in words.
+        # Replication: node 1 becomes the master, a second node its slave
+        # (seeded with the dump above).
         await self.follow("#h-replication ~ .actions button[aria-label='Make node 1 the master']")
-        await self.until(self.textIn(".flash-error", "Not available in this deployment"))
-        self.assertIn("set_up_replica_master is not available yet",
-                      await self.text(".flash-error"))
+        await self.until(self.textIn(".flash-ok", "Node 1 is now the master."))
+        await self.until(self.textIn("#node-details", "MASTER"))
         await self.follow("#h-replication ~ .actions button[aria-label='Make node 1 a slave']")
-        await self.until(self.textIn(".flash-error", "set_up_replica_slave is not available yet"))
-        await self.screenshot("real-node-replication-not-available")
+        await self.until(self.textIn(".flash-error", "is the master"))
+        await self.managerCall("add_nodes", {"function": "agent"})
+
+        async def running() -> bool:
+            info = await self.managerCall("get_node_info", {"serviceNodeId": 2})
+            return info["serviceNode"]["state"] == "RUNNING"
+
+        deadline = reactor.seconds() + self.NODE_WAIT
+        while not await running():
+            self.assertLess(reactor.seconds(), deadline, "node 2 never RUNNING")
+            await deferLater(reactor, 0.2, lambda: None)
+        await self.open("nodes/2")
+        await self.follow("#h-replication ~ .actions button[aria-label='Make node 2 a slave']")
+        await self.until(self.textIn(".flash-ok", "Node 2 is being set up as a slave."))
+        await self.until(self.textIn("#node-details", "SLAVE"), self.NODE_WAIT)
+        await self.until(self.textIn("#replication", "seconds_behind"))
+        await self.screenshot("real-node-slave")
+        rows = await deferToThread(_rowsOfGuiTest, *[
+            os.path.join(top, "root.cnf") for top, _, files in os.walk(self.cloud.baseDir)
+            if "root.cnf" in files and "node-2" in top])
+        self.assertEqual(len(rows), 5000)
+        self.assertEqual(await self.managerCall("remove_nodes", {"serviceNodeId": 2}),
+                         {"result": "OK"})
+        await self.open("nodes/1")
 
         # Remove it, confirming; it leaves the live table.
         await self.follow("#h-replication ~ .actions a.danger")

@@ -274,3 +274,17 @@ class ModelTests(SynchronousTestCase):
 
     def test_not_available_is_an_rpc_error(self) -> None:
         self.assertIn("Not available", model.errorText(NotAvailable("x")))
+
+
+class ReplicationFactsTests(SynchronousTestCase):
+    def test_nested_setup_flattened(self) -> None:
+        """The manager's nested C{setup} object is shown as facts of its own."""
+        from conpaassql.gui.pages import replicationFacts
+
+        facts = replicationFacts({"replication": {
+            "io_running": True, "seconds_behind": 0,
+            "setup": {"kind": "seed", "bytes": 201400, "phase_seconds": {"copying": 0.2}}}})
+        self.assertEqual(facts, [
+            ("io_running", "yes"), ("seconds_behind", "0"), ("setup bytes", "201400"),
+            ("setup kind", "seed"), ("setup phase_seconds", "{'copying': 0.2}"),
+        ])

@@ -37,13 +37,15 @@ class ConfigTests(SynchronousTestCase):
             "[manager]\npoll_interval = 0.5\nboot_poll_interval = 0.1\nboot_timeout = 90\n"
             "unreachable_timeout = 45\nprobe_timeout = 3\nprobe_concurrency = 7\n"
             "list_timeout = 20\nagent_call_timeout = 30\nupload_timeout = 600\n"
-            "agent_port = 61000\nlogfile = /tmp/m.log\n"
+            "agent_port = 61000\nlogfile = /tmp/m.log\nmetrics_interval = 2.5\n"
+            "switchover_timeout = 12\n"
         )
         self.assertEqual(config, ManagerConfig(
             driver="LOCAL", driverSettings=MappingProxyType({"LOCAL_BIND_ADDRESS": "127.0.0.1"}),
             poll_interval=0.5, boot_poll_interval=0.1, boot_timeout=90,
             unreachable_timeout=45, probe_timeout=3, probe_concurrency=7, list_timeout=20,
             agent_call_timeout=30, upload_timeout=600, agent_port=61000, logfile="/tmp/m.log",
+            metrics_interval=2.5, switchover_timeout=12,
         ))
 
     def test_failover(self) -> None:

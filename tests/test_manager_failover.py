@@ -113,6 +113,9 @@ class _Manager:
             raise NotFound(f"no node {nodeId}")
         return self.nodes[nodeId]
 
+    async def _probe(self, node: _Node) -> None:
+        self.events.append(("probe", node.id))
+
     def _track(self, d: Deferred[Any]) -> Deferred[Any]:
         self.tracked.append(d)
         return d
@@ -208,7 +211,7 @@ class MasterWatchTests(SynchronousTestCase):
         manager.clock.advance(FENCE_STEP)
         self.assertEqual(manager.events[1:], [
             ("get_replication_status", 2), ("get_replication_status", 3), ("promote", 3),
-            ("follow", 2, 3, "0-1-10"),
+            ("probe", 3), ("follow", 2, 3, "0-1-10"),
         ])
         self.assertFalse(watch.busy)
         self.assertIsNone(watch.loss)

@@ -375,8 +375,16 @@ def replicationFacts(info: Mapping[str, Any]) -> list[tuple[str, str]]:
     replication = info.get("replication")
     if not isinstance(replication, Mapping):
         return []
-    return [(str(k), _text(v if not isinstance(v, (dict, list)) else str(v), "none"))
-            for k, v in sorted(replication.items())]
+    facts: list[tuple[str, str]] = []
+    for k, v in sorted(replication.items()):
+        # One level of nesting (the manager's "setup": kind, phase, bytes, ...)
+        # is shown as its own facts.
+        inner = v.items() if isinstance(v, Mapping) else [(None, v)]
+        for k2, v2 in sorted(inner, key=lambda item: str(item[0])):
+            label = str(k) if k2 is None else f"{k} {k2}"
+            facts.append((label, _text(v2 if not isinstance(v2, (dict, list)) else str(v2),
+                                       "none")))
+    return facts
 
 
 def nodePage(

@@ -22,7 +22,7 @@ An INI file in the original's shape, read once into a frozen dataclass::
     manager_url =             ; the URL nodes reach the manager at (default: the listening one)
     logfile =                 ; also write the log to this file
     metrics_interval = 5      ; seconds between performance samples of the nodes
-    switchover_timeout = 30   ; seconds a switchover waits for the new master to catch up
+    switchover_timeout = 20   ; seconds a switchover waits for the new master to catch up
     failover = manual         ; when the master is lost: manual (report it) or auto (promote)
     master_lost_timeout = 10  ; seconds the master must be down before it is declared lost
 
@@ -70,7 +70,7 @@ class ManagerConfig:
     logfile: str | None = None
     manager_url: str | None = None
     metrics_interval: float = 5.0
-    switchover_timeout: float = 30.0
+    switchover_timeout: float = 20.0
     failover: str = "manual"
     master_lost_timeout: float = 10.0
 

@@ -47,6 +47,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from conpaassql.manager.errors import describe
 from conpaassql.rpc.errors import Conflict, OperationFailed, RPCError, WrongState
 
 if TYPE_CHECKING:
@@ -294,7 +295,7 @@ class MasterWatch:
                 parseGtid(positions[slave.id])
             except Exception as e:
                 log.warn("failover: node {node} cannot be a candidate: {why}", node=slave.id,
-                         why=e)
+                         why=describe(e))
                 positions.pop(slave.id, None)
         if not positions:
             raise OperationFailed("no reachable slave to promote; the master stays lost")
@@ -310,6 +311,8 @@ class MasterWatch:
         log.info("failover: promoting node {node} (GTID {pos})", node=target.id,
                  pos=positions[target.id])
         await coordinator._call(target, "promote")
+        # Its server may have restarted (binary log options): seen up again now.
+        await manager._probe(target)
         await coordinator._setRole(target, "MASTER")
         followers = [manager.nodes[i] for i in positions if i != target.id]
         followers += [n for n in slaves if n.id not in positions and n is not target]

@@ -44,6 +44,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from conpaassql.manager.errors import describe
 from conpaassql.rpc.errors import Conflict, OperationFailed, RPCError, WrongState
 
 if TYPE_CHECKING:
@@ -74,10 +75,7 @@ _SHOWN = (
 )
 
 
-def _describe(e: BaseException) -> str:
-    from conpaassql.manager.service import _describe as describe
-
-    return describe(e)
+_describe = describe
 
 
 class ReplicationCoordinator:
@@ -278,6 +276,9 @@ class ReplicationCoordinator:
             coordinates = await self._call(node, "set_up_replica_master", {
                 "server_id": node.id, "repl_user": REPL_USER,
                 "repl_password": await self.password()})
+            # Its server may have restarted (binary log on): see it up again
+            # now, not at the next poll.
+            await self.manager._probe(node)
             await self._setRole(node, MASTER)
         finally:
             self._masterBusy = False
@@ -307,6 +308,12 @@ class ReplicationCoordinator:
             if self.error is None:
                 return await self.setUpMaster(nodeId)
             return await self._resumeFollow(node)
+        if self.settingUp(nodeId):
+            raise Conflict(f"node {nodeId} is being set up as a slave; wait until it ends")
+        pending = sorted(i for i in self.setups if self.settingUp(i))
+        if pending:
+            raise Conflict(f"nodes {', '.join(map(str, pending))} are being set up as slaves; "
+                           "a switchover must wait until they are done", {"nodes": pending})
         if node.core.record.role != SLAVE:
             raise WrongState(f"node {nodeId} is not a slave of the master (node {old.id}); "
                              "make it a slave first (set_up_replica_slave)")
@@ -324,7 +331,12 @@ class ReplicationCoordinator:
             position = await self._stopWrites(old, [node, *followers])
             step["step"] = "promote"
             await self.manager.registry.setMeta(_SWITCHOVER, json.dumps(step))
-            await self._call(node, "promote")
+            try:
+                await self._call(node, "promote")
+            except Exception:
+                await self._undoReadOnly(old)
+                raise
+            await self.manager._probe(node)
             followers.append(old)
             step.update(step="follow", followers=[n.id for n in followers])
             await self.manager.registry.setMeta(_SWITCHOVER, json.dumps(step))
@@ -394,14 +406,19 @@ class ReplicationCoordinator:
                     "switchover abandoned, the old master is writable again: "
                     + "; ".join(failed))
         except BaseException:
-            try:
-                await self._call(old, "set_read_only", {"value": False})
-            except Exception as e:
-                log.error("node {node}: could not make the old master writable again: {why}",
-                          node=old.id, why=_describe(e))
-            await self.manager.registry.setMeta(_SWITCHOVER, None)
+            await self._undoReadOnly(old)
             raise
         return position
+
+    async def _undoReadOnly(self, old: Node) -> None:
+        """A switchover failed before the promotion: the old master takes writes again."""
+        try:
+            await self._call(old, "set_read_only", {"value": False})
+        except Exception as e:
+            log.error("node {node}: could not make the old master writable again: {why}",
+                      node=old.id, why=_describe(e))
+            return
+        await self.manager.registry.setMeta(_SWITCHOVER, None)
 
     async def _follow(self, node: Node, master: Node, position: str) -> None:
         setup = self.setups[node.id]

@@ -40,14 +40,13 @@ from twisted.internet.defer import (
     DeferredSemaphore,
     gatherResults,
 )
-from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.error import TimeoutError as ConnectionTimeout
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conpaassql.iaas.base import IaaSDriver, NodeSpec, VMInfo, nodeIdOfName
 from conpaassql.manager.config import ManagerConfig
+from conpaassql.manager.errors import describe
 from conpaassql.manager.failover import MasterWatch
 from conpaassql.manager.lifecycle import Lifecycle, LifecycleMachine, PhaseCore
 from conpaassql.manager.node import ADAPTING_STATES, Node, NodeCore, NodeHooks
@@ -104,12 +103,7 @@ AgentClientFactory = Callable[[str, str], AgentClient]
 DriverFactory = Callable[[str], IaaSDriver]
 
 
-def _describe(e: BaseException) -> str:
-    if isinstance(e, RPCError):
-        return f"error {e.code}: {e.message}"
-    if isinstance(e, (DeferredTimeout, ConnectionTimeout, CancelledError)):
-        return "no answer in time"
-    return str(e) or type(e).__name__
+_describe = describe
 
 
 class _ClosingClient:

@@ -13,7 +13,7 @@ are kept in memory.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -44,6 +44,10 @@ class _Client:
             d: Deferred[Any] = Deferred()
             self.agents.hanging.append(d)
             return await d
+        if self.agents.handler is not None:
+            answer = self.agents.handler(self.url, method, dict(params or {}))
+            if answer is not None:
+                return await answer if isinstance(answer, Deferred) else answer
         if method == "get_server_state":
             if mode == "failed":
                 return {"return": {"state": "STOPPED", "isRunningMySQL": False,
@@ -74,6 +78,9 @@ class FakeAgents:
         self.clients: list[_Client] = []
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.hanging: list[Deferred[Any]] = []
+        #: C{(url, method, params)} -> an answer (or a Deferred of one), or
+        #: None for the default; may raise an RPCError.
+        self.handler: Callable[[str, str, dict[str, Any]], Any] | None = None
 
     def factory(self, url: str, token: str) -> _Client:
         client = _Client(self, url, token)
