@@ -126,6 +126,26 @@ class ConfigTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, self.parse, text)
         return [str(problem) for problem in error.problems]
 
+    def test_datadir_template(self) -> None:
+        """
+        [agent] datadir_template: an absolute path; none by default.  The
+        agent's --datadir-template overrides it.
+        """
+        from twisted.python import usage
+
+        from conpaassql.agent.tap import Options
+
+        self.assertIsNone(self.parse("").server.datadir_template)
+        config = self.parse("[agent]\ndatadir_template = /var/tmpl/mariadb-1\n")
+        self.assertEqual(config.server.datadir_template, "/var/tmpl/mariadb-1")
+        self.assertEqual(self.problems("[agent]\ndatadir_template = tmpl\n"),
+                         ["[agent] datadir_template: must be an absolute path"])
+        options = Options()
+        options.parseOptions(["--state-dir", self.dir, "--datadir-template", "/t/mariadb-2"])
+        self.assertEqual(options["parsed-config"].server.datadir_template, "/t/mariadb-2")
+        self.assertRaises(usage.UsageError, Options().parseOptions,
+                          ["--state-dir", self.dir, "--datadir-template", "t"])
+
     def test_defaults(self) -> None:
         """
         No file at all: managed mode, port 0, 127.0.0.1, binaries found.

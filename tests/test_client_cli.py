@@ -42,9 +42,10 @@ from conpaassql.client.cli import (
     splitTarget,
     waitNodes,
 )
-from conpaassql.rpc.dispatch import Dispatcher, Introspection, Params, method
-from conpaassql.rpc.errors import NotFound, WrongState
+from conpaassql.rpc.dispatch import Dispatcher, Introspection
+from conpaassql.rpc.errors import NotFound
 from conpaassql.rpc.resource import RPCResource, TokenAuth, makeSite
+from tests.support.fakemanager import FakeManagerAPI
 
 TOKEN = "test-token-9f8e7d6c5b4a"
 
@@ -563,112 +564,19 @@ class WaitNodesTests(SynchronousTestCase):
 # (b) end to end over real HTTP
 
 
-class FakeManagerAPI:
-    """
-    Just enough of the manager's API, with the original's names and shapes,
-    recording what it was sent.
-    """
-
-    def __init__(self) -> None:
-        self.nodes: dict[int, dict[str, Any]] = {
-            1: {"id": 1, "ip": "10.1.0.1", "state": "RUNNING", "name": "conpaassql-agent-1"},
-            2: {"id": 2, "ip": "10.1.0.2", "state": "RUNNING", "name": "conpaassql-agent-2"},
-        }
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.uploads: list[tuple[dict[str, Any], str | None, bytes]] = []
-        #: node id -> states still to go through, one per get_node_info
-        self.script: dict[int, list[str]] = {}
-
-    def _record(self, name: str, params: Params, *names: str) -> None:
-        self.calls.append((name, {n: params.raw(n) for n in names if n in params}))
-
-    def _node(self, params: Params, name: str = "serviceNodeId") -> dict[str, Any]:
-        nodeId = params.int(name)
-        if nodeId not in self.nodes:
-            raise NotFound(f"no node {nodeId}", {"serviceNodeId": nodeId})
-        return self.nodes[nodeId]
-
-    @method()
-    def list_nodes(self, params: Params) -> Any:
-        return {"serviceNode": sorted(self.nodes)}
-
-    @method(params=("serviceNodeId",))
-    def get_node_info(self, params: Params) -> Any:
-        node = self._node(params)
-        script = self.script.get(node["id"])
-        if script:
-            node["state"] = script.pop(0)
-        return {"serviceNode": node}
-
-    @method()
-    def get_service_info(self, params: Params) -> Any:
-        return {"state": "RUNNING", "type": "MySQL"}
-
-    @method(params=("function", "count"))
-    async def add_nodes(self, params: Params) -> Any:
-        self._record("add_nodes", params, "function", "count")
-        added = []
-        for _ in range(params.int("count", 1, min=1)):
-            nodeId = max(self.nodes) + 1
-            self.nodes[nodeId] = {"id": nodeId, "ip": None, "state": "PENDING",
-                                  "name": f"conpaassql-agent-{nodeId}"}
-            added.append(self.nodes[nodeId])
-        return {"serviceNode": added[0] if len(added) == 1 else added}
-
-    @method(params=("serviceNodeId",))
-    def remove_nodes(self, params: Params) -> Any:
-        del self.nodes[self._node(params)["id"]]
-        return {"result": "OK"}
-
-    @method(params=("serviceNodeId", "username", "password"))
-    def configure_user(self, params: Params) -> Any:
-        self._record("configure_user", params, "serviceNodeId", "username", "password")
-        return None
-
-    @method(params=("serviceNodeId",))
-    def get_users(self, params: Params) -> Any:
-        self._record("get_users", params, "serviceNodeId")
-        return {"1": [{"username": "app", "location": "%"}], "2": []}
-
-    @method(params=("serviceNodeId", "username"))
-    def delete_user(self, params: Params) -> Any:
-        if params.str("username") == "ghost":
-            raise NotFound("no user 'ghost' on node 1")
-        return None
-
-    @method(params=("serviceNodeId",), upload=True)
-    def send_mysqldump(self, params: Params) -> Any:
-        upload = params.upload("mysqldump")
-        data = b"".join(upload.chunks())
-        self.uploads.append(
-            ({"serviceNodeId": params.raw("serviceNodeId")}, upload.filename, data)
-        )
-        return {"return": "OK", "bytes": len(data)}
-
-    @method(params=("id",))
-    def set_up_replica_master(self, params: Params) -> Any:
-        self._record("set_up_replica_master", params, "id")
-        raise WrongState("the service is ADAPTING", {"state": "ADAPTING"})
-
-    @method(params=("id",))
-    def set_up_replica_slave(self, params: Params) -> Any:
-        self._record("set_up_replica_slave", params, "id")
-        return {"return": "OK"}
-
-    @method()
-    def get_service_performance(self, params: Params) -> Any:
-        return {"request_rate": 0, "error_rate": 0, "throughput": 0, "response_time": 0}
-
-    @method()
-    def shutdown(self, params: Params) -> Any:
-        return {"state": "EPILOGUE"}
+def fakeManager() -> FakeManagerAPI:
+    """The shared fake manager (tests.support.fakemanager), two nodes RUNNING."""
+    api = FakeManagerAPI(replication=True)
+    api.addNode(state="RUNNING")
+    api.addNode(state="RUNNING")
+    return api
 
 
 class EndToEndTests(TestCase):
     """The client's C{run} against a real HTTP JSON-RPC server on 127.0.0.1."""
 
     def setUp(self) -> None:
-        self.api = FakeManagerAPI()
+        self.api = fakeManager()
         dispatcher = Dispatcher(self.api)
         dispatcher.collect(Introspection(dispatcher))
         self.port = listen(dispatcher, [TOKEN])
@@ -701,14 +609,17 @@ class EndToEndTests(TestCase):
     async def test_url_form(self) -> None:
         url = f"http://127.0.0.1:{self.hostPort[1]}/"
         code, out, _ = await self.cli("--url", url, "get_service_info")
-        self.assertEqual((code, out), (EXIT_OK, "state: RUNNING\ntype:  MySQL\n"))
+        self.assertEqual((code, out), (EXIT_OK, "state:  RUNNING\ntype:   conpaassql\nnodes:\n"
+                                               "  RUNNING: 2\nmaster: -\n"))
 
     async def test_node_info(self) -> None:
         code, out, _ = await self.cli(*self.hostPort, "get_node_info", "1")
         self.assertEqual(code, EXIT_OK)
         self.assertEqual(
             out,
-            "id:    1\nip:    10.1.0.1\nstate: RUNNING\nname:  conpaassql-agent-1\n",
+            "id:             1\nip:             127.0.0.2\nstate:          RUNNING\n"
+            "role:           -\nname:           conpaassql-agent-1\nisRunningMySQL: true\n"
+            "port:           -\nmysqld_port:    -\n",
         )
 
     async def test_add_and_remove(self) -> None:
@@ -731,10 +642,12 @@ class EndToEndTests(TestCase):
 
     async def test_error_reply(self) -> None:
         code, out, err = await self.cli(*self.hostPort, "get_node_info", "99")
-        self.assertEqual((code, out, err), (EXIT_ERROR_REPLY, "", "error 1002: no node 99\n"))
-        code, _, err = await self.cli(*self.hostPort, "--json", "set_up_replica_master", "1")
-        self.assertEqual((code, err), (EXIT_ERROR_REPLY, "error 1001: the service is ADAPTING\n"))
-        self.assertEqual(self.api.calls[-1], ("set_up_replica_master", {"id": 1}))
+        self.assertEqual((code, out, err),
+                         (EXIT_ERROR_REPLY, "", "error 1002: no node 99 in this service\n"))
+        code, _, err = await self.cli(*self.hostPort, "--json", "set_up_replica_slave", "1")
+        self.assertEqual((code, err), (EXIT_ERROR_REPLY, "error 1001: there is no master yet: "
+                                                         "make a node the master first\n"))
+        self.assertEqual(self.api.calls[-1], ("set_up_replica_slave", {"id": 1}))
 
     async def test_unknown_method(self) -> None:
         code, _, err = await self.cli(*self.hostPort, "call", "getLog")
@@ -785,7 +698,10 @@ class EndToEndTests(TestCase):
         )
         code, out, _ = await self.cli(*self.hostPort, "get_users")
         self.assertEqual(code, 0)
-        self.assertEqual(out, "1:\n  username  location\n  app       %\n2: (none)\n")
+        self.assertEqual(out, "1:\n  username  location   managed\n  root      localhost  true\n"
+                              "  app       %          false\n2:\n  username  location   managed\n"
+                              "  root      localhost  true\n  app       %          false\n"
+                              "  bob       %          false\n")
         self.assertEqual(self.api.calls[-1], ("get_users", {"serviceNodeId": "all"}))
         code, _, err = await self.cli(*self.hostPort, "delete_user", "1", "ghost")
         self.assertEqual((code, err), (EXIT_ERROR_REPLY, "error 1002: no user 'ghost' on node 1\n"))
@@ -798,11 +714,12 @@ class EndToEndTests(TestCase):
         FilePath(path).setContent(data)
         code, out, err = await self.cli(*self.hostPort, "send_mysqldump", "2", path)
         self.assertEqual(code, EXIT_OK, err)
-        self.assertEqual(out, f"loaded dump.sql on node 2\n  return: OK\n  bytes:  {len(data)}\n")
+        self.assertEqual(out, "loaded dump.sql on node 2\n  return: OK\n  nodes:  2\n"
+                              f"  bytes:  {len(data)}\n")
         self.assertEqual(err, "dump.sql [####################] 100% 3.0/3.0 MB\n")
         self.assertEqual(len(self.api.uploads), 1)
         params, filename, received = self.api.uploads[0]
-        self.assertEqual((params, filename), ({"serviceNodeId": "2"}, "dump.sql"))
+        self.assertEqual((params, filename), ("2", "dump.sql"))
         self.assertEqual(received, data)
 
     async def test_upload_progress_on_tty(self) -> None:
@@ -812,10 +729,11 @@ class EndToEndTests(TestCase):
         code = await run([*self.hostPort, "--json", "send_mysqldump", "all", path], out, err,
                          environ={"CONPAASSQL_TOKEN": TOKEN})
         self.assertEqual(code, EXIT_OK)
-        self.assertEqual(json.loads(out.getvalue()), {"return": "OK", "bytes": 10})
+        self.assertEqual(json.loads(out.getvalue()), {"return": "OK", "nodes": [1, 2],
+                                                      "bytes": 10})
         self.assertTrue(err.getvalue().startswith("\rsmall.sql ["), err.getvalue())
         self.assertTrue(err.getvalue().endswith("100% 10/10 B\n"), err.getvalue())
-        self.assertEqual(self.api.uploads[0][0], {"serviceNodeId": "all"})
+        self.assertEqual(self.api.uploads[0][0], "all")
 
     async def test_upload_missing_file(self) -> None:
         code, out, err = await self.cli(*self.hostPort, "send_mysqldump", "1", "/nonexistent.sql")
@@ -854,13 +772,16 @@ class EndToEndTests(TestCase):
         self.assertEqual((code, json.loads(out)), (0, {"serviceNode": self.api.nodes[1]}))
 
     async def test_other_commands(self) -> None:
+        code, out, _ = await self.cli(*self.hostPort, "set_up_replica_master", "1")
+        self.assertEqual((code, out), (0, "OK\n"))
         code, out, _ = await self.cli(*self.hostPort, "set_up_replica_slave", "2")
         self.assertEqual((code, out), (0, "OK\n"))
         self.assertEqual(self.api.calls[-1], ("set_up_replica_slave", {"id": 2}))
         code, out, _ = await self.cli(*self.hostPort, "get_service_performance")
         self.assertEqual(
             (code, out),
-            (0, "request_rate:  0\nerror_rate:    0\nthroughput:    0\nresponse_time: 0\n"),
+            (0, "service:\n  queries_per_second:  11.0\n  connections:         3\n"
+                "  max_replication_lag: 1.0\nnodes:\n  (none)\n"),
         )
         self.assertEqual(await self.cli(*self.hostPort, "shutdown"), (0, "state: EPILOGUE\n", ""))
 
@@ -878,7 +799,7 @@ class ConsoleScriptTests(TestCase):
         script = os.path.join(os.path.dirname(sys.executable), "conpaassql-client")
         if not os.path.exists(script):
             self.fail(f"{script} is missing: run `pip install -e .` (tools/setup does)")
-        api = FakeManagerAPI()
+        api = fakeManager()
         port = listen(Dispatcher(api), [TOKEN])
         self.addCleanup(port.stopListening)
         tokenFile = os.path.abspath(self.mktemp())

@@ -260,6 +260,9 @@ class SignInTests(GUITestCase):
             self.assertEqual((await web.get(path)).code, 303 if path != "api/service" else 401)
 
     async def test_token_never_in_url_or_log(self) -> None:
+        from conpaassql.rpc.resource import RPCSite
+
+        self.patch(RPCSite, "accessLogInterval", 0)  # access log lines at once
         web = await self.signedIn()
         self.api.addNode(state="RUNNING")
         for path in PAGES + ["api/nodes", "api/service"]:

@@ -20,8 +20,10 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from conpaassql.common.procfs import process_argv
@@ -39,6 +41,7 @@ from conpaassql.rpc.errors import Unauthorized
 from tests.support.drivercontract import DriverContractMixin
 from tests.support.managerproc import processesMentioning as _processesMentioning
 from tests.support.mariadb import pid_alive, skip_unless_mariadb
+from tests.test_agent_initdb import INSTALLER_SAYS, fingerprint
 
 TAG = "test"
 OTHER = "other"
@@ -384,6 +387,88 @@ class NodeDirectoryTests(SynchronousTestCase):
         self.failureResultOf(Deferred.fromCoroutine(self.driver.list()), CloudFailure)
 
 
+class _Transport:
+    def __init__(self) -> None:
+        self.signals: list[str] = []
+
+    def closeStdin(self) -> None:
+        pass
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class _ProcessClock(Clock):
+    """A Clock that records the processes it is asked to spawn (none runs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[Any, list[str]]] = []
+
+    def spawnProcess(self, proto: Any, executable: str, args: list[str], env: Any = None,
+                     path: Any = None) -> _Transport:
+        transport = _Transport()
+        proto.makeConnection(transport)
+        self.spawned.append((proto, list(args)))
+        return transport
+
+
+class TemplateWaitTests(SynchronousTestCase):
+    """
+    Creates while the datadir template is being made (on a clock, with no
+    real process).
+    """
+
+    def setUp(self) -> None:
+        self.clock = _ProcessClock()
+        self.stateDir = os.path.abspath(self.mktemp())
+        os.makedirs(self.stateDir)
+        self.driver = makeDriver({}, stateDir=self.stateDir, reactor=self.clock, serviceTag=TAG)
+
+    def create(self, nodeId: int) -> Deferred[VMInfo]:
+        return Deferred.fromCoroutine(self.driver.create(spec(nodeId)))
+
+    def test_wait_then_use(self) -> None:
+        """
+        The first create starts making the template and waits for it; a
+        create meanwhile waits too; both then start their agents with it,
+        and later creates use it at once.  One template maker only.
+        """
+        first, second = self.create(1), self.create(2)
+        [(maker, argv)] = self.clock.spawned
+        self.assertEqual(argv[1:3], ["-m", "conpaassql.agent.initdb"])
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        template = os.path.join(self.stateDir, "local-cloud", "templates", "mariadb-1")
+        os.makedirs(template)
+        maker.childDataReceived(1, template.encode() + b"\n")
+        maker.processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.successResultOf(self.create(3))
+        launched = [argv for _, argv in self.clock.spawned[1:]]
+        self.assertEqual(len(launched), 3)
+        for argv in launched:
+            self.assertIn(f"--datadir-template={template}", argv)
+
+    def test_slow_or_failed_template(self) -> None:
+        """
+        A create waits at most templateWait for the template: its agent then
+        initialises its own; a maker that fails leaves every agent to do so.
+        """
+        first = self.create(1)
+        self.clock.advance(self.driver.templateWait)
+        self.successResultOf(first)
+        maker = self.clock.spawned[0][0]
+        maker.childDataReceived(2, b"template: no mariadbd\n")
+        maker.processEnded(Failure(ProcessTerminated(1)))
+        self.successResultOf(self.create(2))
+        launched = [argv for _, argv in self.clock.spawned[1:]]
+        self.assertEqual(len(launched), 2)
+        for argv in launched:
+            self.assertEqual([a for a in argv if a.startswith("--datadir-t")], [])
+
+
 # -- real agents
 
 
@@ -547,6 +632,60 @@ class LocalAgentTests(TestCase):
         self.assertNotEqual(states[0]["port"], states[1]["port"])
         self.assertNotEqual(states[0]["mysqld_port"], states[1]["mysqld_port"])
         self.assertEqual([i.vmId for i in await driver.list()], [i.vmId for i in infos])
+
+    async def test_datadir_template(self) -> None:
+        """
+        The first create makes one datadir template (named by the server's
+        version), every agent is given it and copies it instead of running
+        mariadb-install-db; each server has its own root password; the
+        template is untouched by the nodes and outlives their termination.
+        """
+        driver = self.cloud.driver()
+        specs = [spec(21), spec(22)]
+        infos = [await driver.create(s) for s in specs]
+        templates = os.path.join(self.cloud.baseDir, "templates")
+        [name] = os.listdir(templates)
+        template = os.path.join(templates, name)
+        self.assertTrue(name.startswith("mariadb-"), name)
+        before = fingerprint(template)
+        passwords = []
+        for nodeSpec, info in zip(specs, infos, strict=True):
+            running = await waitFor(driver, info.vmId, ("RUNNING", "FAILED"))
+            self.assertEqual(running.state, "RUNNING", running.detail)
+            state = await serverRunning(running, nodeSpec.context["AGENT_TOKEN"])
+            self.assertEqual(state["state"], "RUNNING", state)
+            nodeDir = self.cloud.nodeDir(nodeSpec.name)
+            agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
+            self.assertIn(f"--datadir-template={template}", process_argv(agentPid))
+            mysql = os.path.join(nodeDir, "agent", "mysql")
+            self.assertNotIn(INSTALLER_SAYS, _read(os.path.join(mysql, "error.log")))
+            self.assertIn("copying the datadir template", _read(os.path.join(nodeDir,
+                                                                               "agent.log")))
+            passwords.append(_read(os.path.join(mysql, "root.cnf")))
+        self.assertNotEqual(passwords[0], passwords[1])
+        for info in infos:
+            await driver.terminate(info.vmId)
+        self.assertEqual(fingerprint(template), before)
+        self.assertEqual(os.listdir(templates), [name])
+
+    async def test_without_template(self) -> None:
+        """
+        When no template can be made, the agents initialise their own data
+        directory and run.
+        """
+        os.makedirs(self.cloud.baseDir)
+        _write(os.path.join(self.cloud.baseDir, "templates"), "in the way\n")
+        driver = self.cloud.driver()
+        nodeSpec = spec(23)
+        info = await driver.create(nodeSpec)
+        running = await waitFor(driver, info.vmId, ("RUNNING", "FAILED"))
+        state = await serverRunning(running, nodeSpec.context["AGENT_TOKEN"])
+        self.assertEqual(state["state"], "RUNNING", state)
+        nodeDir = self.cloud.nodeDir(nodeSpec.name)
+        agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
+        self.assertEqual([a for a in process_argv(agentPid) if a.startswith("--datadir-t")], [])
+        self.assertIn(INSTALLER_SAYS, _read(os.path.join(nodeDir, "agent", "mysql",
+                                                         "error.log")))
 
     async def test_agent_port_from_context(self) -> None:
         driver = self.cloud.driver()
@@ -738,8 +877,8 @@ class _NoFactory:
 class _BadOptionDriver(LocalDriver):
     """Starts twistd with an option it refuses (a real launch failure)."""
 
-    def _agentArgv(self, node: Any, port: int) -> list[str]:
-        argv = super()._agentArgv(node, port)
+    def _agentArgv(self, node: Any, port: int, template: str | None = None) -> list[str]:
+        argv = super()._agentArgv(node, port, template)
         return [*argv, "--no-such-option"]
 
 

@@ -173,6 +173,28 @@ class APITests(TestCase):
         added = await self.m.call("add_nodes", {})
         self.assertEqual(added["serviceNode"]["id"], 4)
 
+    async def test_terminating_not_listed(self) -> None:
+        """
+        A node being removed is no longer one of the service's nodes in
+        list_nodes; get_node_info shows it TERMINATING until it is gone and
+        get_service_info counts it.
+        """
+        from conpaassql.iaas.base import CloudFailure
+
+        await self.m.call("add_nodes", {"function": "agent", "count": 2})
+        await self.m.running(1, 2)
+        self.m.driver.failTerminate = CloudFailure("the cloud is slow today")
+        self.assertEqual(await self.m.call("remove_nodes", {"serviceNodeId": 2}),
+                         {"result": "OK"})
+        self.assertEqual(await self.m.call("list_nodes"), {"serviceNode": [1]})
+        info = await self.m.call("get_node_info", {"serviceNodeId": 2})
+        self.assertEqual(info["serviceNode"]["state"], "TERMINATING")
+        service = await self.m.call("get_service_info")
+        self.assertEqual(service["nodes"].get("TERMINATING"), 1, service)
+        self.m.driver.failTerminate = None
+        await waitFor(lambda: self.m.state(2) == "TERMINATED", "node 2 TERMINATED")
+        self.assertEqual(await self.m.call("list_nodes"), {"serviceNode": [1]})
+
     async def test_bad_input(self) -> None:
         cases: list[tuple[str, dict[str, Any], type[RPCError], str]] = [
             ("add_nodes", {"function": "db"}, InvalidParams, "'function' must be one of: agent"),
@@ -254,7 +276,7 @@ class APITests(TestCase):
         from conpaassql.iaas.base import CloudFailure
 
         await self.m.call("add_nodes", {})
-        self.m.driver.failCreate = CloudFailure("quota")
+        self.m.driver.failCreate = CloudFailure("quota", transient=False)
         await self.m.call("add_nodes", {})
         await self.m.running(1)
         result = await self.m.call(

@@ -362,6 +362,19 @@ class LifecycleTests(SynchronousTestCase):
         self.h.poll(2)
         self.assertEqual(self.h.state(nodeId), "RUNNING")
 
+    def test_silent_agents_do_not_hold_up_the_cloud_list(self) -> None:
+        self.h.agents.default = "hang"
+        [nodeId] = self.h.add()
+        lists = len(self.h.driver.callsOf("list"))
+        self.h.clock.pump([1] * 6)  # t = 6 s: the probe sent at 2 s still waits
+        self.assertEqual(len(self.h.driver.callsOf("list")) - lists, 3)
+        self.assertEqual(len(self.h.agents.hanging), 1)  # not probed again meanwhile
+        self.h.clock.pump([1] * 2)  # t = 8 s: it timed out (probe_timeout 5 s + 1)
+        self.assertIn("no answer in time", self.h.manager.nodes[nodeId].core.lastProbeError)
+        self.h.clock.pump([1] * 2)
+        self.assertEqual(len(self.h.agents.hanging), 2)
+        self.assertEqual(len(self.h.driver.callsOf("list")) - lists, 5)
+
     def test_faster_polls_while_booting(self) -> None:
         h = Harness(self, boot_poll_interval=0.5).start()
         self.addCleanup(h.stop)
@@ -427,22 +440,77 @@ class LifecycleTests(SynchronousTestCase):
         h.driver.holdCreate = True
         [nodeId] = h.add()
         h.clock.advance(60)  # list_timeout: the create is given up
-        self.assertEqual(h.state(nodeId), "ERROR")
+        # The cloud may have made the VM: the node is not failed for it.
+        self.assertEqual(h.state(nodeId), "PENDING")
         self.assertIn("no answer in time", h.info(nodeId)["error"])
-        # The cloud made it all the same: the node learns its VM, and
-        # removing the node ends it.
+        self.assertIn("tried again", h.info(nodeId)["error"])
+        # It did: the node learns its VM (no second create) and runs.
         tag = h.manager.serviceTag
         assert tag is not None
         vmId = h.driver.addVM(vmName(tag, nodeId))
-        h.poll()
+        h.poll(2)
         self.assertEqual(h.info(nodeId)["vm_id"], vmId)
+        self.assertEqual(h.state(nodeId), "RUNNING")
+        self.assertNotIn("error", h.info(nodeId))
+        self.assertEqual(len(h.driver.callsOf("create")), 1)
         h.remove(nodeId)
         self.assertEqual(h.driver.callsOf("terminate"), [vmId])
         self.assertEqual(h.driver.ours(), [])
 
-    def test_remove_error_node(self) -> None:
-        self.h.driver.failCreate = CloudFailure("no")
+    def test_create_unanswered_asked_again(self) -> None:
+        self.h.driver.failCreate = CloudFailure("cannot reach the cloud")  # transient
         [nodeId] = self.h.add()
+        self.assertEqual(self.h.state(nodeId), "PENDING")
+        # The cloud has no VM for it: it is asked for again, less and less
+        # often (after 2, 4, 8 s...), while lists go on every cycle.
+        self.h.poll(7)  # 14 s: creates at 0, 2, 6 and 14 s
+        self.assertEqual(len(self.h.driver.callsOf("create")), 4)
+        self.assertEqual(len(self.h.driver.callsOf("list")), 8)
+        self.assertEqual(self.h.state(nodeId), "PENDING")
+        self.h.driver.failCreate = None
+        self.h.poll(10)
+        self.assertEqual(self.h.state(nodeId), "RUNNING")
+        self.assertEqual(len(self.h.driver.callsOf("create")), 5)
+        self.assertEqual(len(self.h.driver.ours()), 1)
+
+    def test_create_unanswered_until_deadline(self) -> None:
+        self.h.driver.failCreate = CloudFailure("cannot reach the cloud")
+        [nodeId] = self.h.add()
+        self.h.poll(31)  # boot_timeout 60 s
+        self.assertEqual(self.h.state(nodeId), "ERROR")
+        error = self.h.info(nodeId)["error"]
+        self.assertIn("not RUNNING 60 s after it was asked for", error)
+        self.assertIn("cannot reach the cloud", error)
+
+    def test_list_older_than_a_create(self) -> None:
+        self.h.driver.holdList = True
+        self.h.poll()  # a list is asked for; its answer is on its way
+        [nodeId] = self.h.add()  # the VM is made before that answer comes
+        self.h.driver.holdList = False
+        self.h.driver.releaseCreates()  # the answer, without the new VM: not "gone"
+        self.assertEqual(self.h.state(nodeId), "RUNNING")
+        self.h.poll(2)
+        self.assertEqual(self.h.state(nodeId), "RUNNING")
+
+    def test_second_vm_of_a_node_ended(self) -> None:
+        h = Harness(self, boot_timeout=600).start()
+        self.addCleanup(h.stop)
+        h.driver.holdCreate = True
+        [nodeId] = h.add()
+        h.clock.advance(60)  # the create is given up...
+        tag = h.manager.serviceTag
+        assert tag is not None
+        first = h.driver.addVM(vmName(tag, nodeId))  # ...but was made,
+        second = h.driver.addVM(vmName(tag, nodeId))  # and so was a retry
+        h.poll(2)
+        self.assertEqual(h.driver.callsOf("terminate"), [second])
+        self.assertEqual([vm.vmId for vm in h.driver.ours()], [first])
+        self.assertEqual((h.state(nodeId), h.info(nodeId)["vm_id"]), ("RUNNING", first))
+
+    def test_remove_error_node(self) -> None:
+        self.h.driver.failCreate = CloudFailure("no", transient=False)
+        [nodeId] = self.h.add()
+        self.assertEqual(self.h.state(nodeId), "ERROR")
         self.h.remove(nodeId)
         self.assertEqual(self.h.state(nodeId), "TERMINATED")
 
@@ -547,7 +615,7 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(again.state(nodeId), "TERMINATED")
 
     def test_service_info(self) -> None:
-        self.h.driver.failCreate = CloudFailure("no")
+        self.h.driver.failCreate = CloudFailure("no", transient=False)
         self.h.add()
         self.h.driver.failCreate = None
         self.h.add(2)

@@ -12,8 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from conpaassql.manager.api import UploadReader
-from conpaassql.rpc.dispatch import Upload
+from conpaassql.rpc.dispatch import Upload, UploadReader
 
 
 def _upload(prefix: bytes, data: bytes, suffix: bytes) -> tuple[Upload, int]:

@@ -445,3 +445,47 @@ async def _tick() -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, 0.01)
+
+
+class AccessLogTests(SynchronousTestCase):
+    """L{RPCSite} writes its access log lines in batches, and on stop."""
+
+    def test_batched(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.logger import globalLogPublisher
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from conpaassql.rpc.resource import RPCSite
+
+        events: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "conpaassql.rpc.access":
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        clock = Clock()
+        site = makeSite(makeResource())
+        site.reactor = clock
+        self.assertIsInstance(site, RPCSite)
+        for path in (b"/a", b"/b"):
+            request = DummyRequest([b""])
+            request.uri = path + b"?token=secret"
+            request.method = b"GET"
+            request.clientproto = b"HTTP/1.1"
+            request.code = 200
+            request.sentLength = 3
+            site.log(request)
+        self.assertEqual(events, [])
+        clock.advance(site.accessLogInterval)
+        self.assertEqual(len(events), 1)
+        lines = events[0]["lines"].split("\n")
+        self.assertEqual(len(lines), 2)
+        self.assertIn('"GET /a HTTP/1.1" 200 3', lines[0])
+        self.assertNotIn("secret", events[0]["lines"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        site.log(request)
+        site.stopFactory()
+        self.assertEqual(len(events), 2)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -176,7 +176,9 @@ class AgentAPI:
         """
         username = params.str("username", maxLength=80)
         password = params.str("password", maxLength=256)
-        host = params.str("host", "%", maxLength=255)
+        # The server keeps account host names in lowercase (and compares
+        # them as bytes): 'NULL' is created as 'null'.
+        host = params.str("host", "%", maxLength=255).lower()
         databases = params.strList("databases", [], pattern=rf"\*|{DATABASE}",
                                    what="a database name")
         privileges = [p.upper() for p in params.strList(
@@ -196,6 +198,8 @@ class AgentAPI:
         """Delete a user (at one host, or at every host)."""
         username = params.str("username", maxLength=80)
         host = params.str("host", None, maxLength=255)
+        if host is not None:
+            host = host.lower()  # as the server keeps it (see configure_user)
         checkUser(username, host or "%")
         await self._refuseOnSlave("delete_user")
         hosts = await self._database().deleteUser(username, host)

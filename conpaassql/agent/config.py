@@ -22,6 +22,7 @@ the original conpaassql are kept::
     dump = /usr/bin/mariadb-dump
     mysqld_port = 0       ; 0: pick a free port at first start and keep it
     bind_address = 127.0.0.1
+    datadir_template =    ; a pristine data directory to copy instead of initialising
 
 In I{managed} mode (the default) the agent runs a private server of its own
 (see L{conpaassql.agent.mysqld.ManagedServer}) and the
@@ -114,6 +115,10 @@ class ServerSettings:
     dump: str | None = None
     mysqld_port: int = 0
     bind_address: str = "127.0.0.1"
+    #: A template data directory made by L{conpaassql.agent.template}: a
+    #: new instance copies it instead of running C{mariadb-install-db}
+    #: (managed mode; an unusable template falls back to that).
+    datadir_template: str | None = None
 
     def with_binaries_found(
         self, search_path: str | None = None, extra_dirs: Sequence[str] = EXTRA_BINARY_DIRS
@@ -182,6 +187,7 @@ _SCHEMA: dict[str, tuple[str, ...]] = {
         "dump",
         "mysqld_port",
         "bind_address",
+        "datadir_template",
     ),
 }
 
@@ -304,6 +310,10 @@ def parse_config(
     except ValueError as e:
         problem("agent", "bind_address", str(e))
 
+    datadir_template = get("agent", "datadir_template") or None
+    if datadir_template is not None and not os.path.isabs(datadir_template):
+        problem("agent", "datadir_template", "must be an absolute path")
+
     if problems:
         raise ConfigError(source, problems)
     return AgentConfig(
@@ -317,6 +327,7 @@ def parse_config(
             dump=binaries["dump"],
             mysqld_port=port,
             bind_address=bind_address,
+            datadir_template=datadir_template,
         ),
     )
 

@@ -37,8 +37,6 @@ of awaits on child processes and threads, not a reaction to single inputs.
 from __future__ import annotations
 
 import os
-import pwd
-import re
 import secrets
 import shutil
 import signal
@@ -61,8 +59,9 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from conpaassql.agent import mycnf
+from conpaassql.agent import initdb, mycnf
 from conpaassql.agent.config import AgentConfig
+from conpaassql.agent.initdb import parse_version
 from conpaassql.common.files import write_file_atomic, write_secret_file
 from conpaassql.common.procfs import pid_alive as _pid_alive
 
@@ -113,7 +112,6 @@ _T = TypeVar("_T")
 _Reactor = Any
 
 _ACCESS_DENIED = (1045, 1698)
-_VERSION = re.compile(r"\bVer\s+(\S+)")
 
 
 class ServerError(Exception):
@@ -133,19 +131,6 @@ class ScriptError(ServerError):
     """
     The service script failed or timed out.
     """
-
-
-def parse_version(output: str) -> tuple[str, str]:
-    """
-    Parse the output of C{mariadbd --version} / C{mysqld --version} or the
-    result of C{SELECT VERSION()}.
-
-    @return: C{(flavor, version)} with flavor C{"mariadb"} or C{"mysql"}.
-    """
-    match = _VERSION.search(output)
-    version = match.group(1) if match else output.strip().split()[0] if output.strip() else ""
-    flavor = "mariadb" if "mariadb" in output.lower() else "mysql"
-    return flavor, version
 
 
 @runtime_checkable
@@ -237,6 +222,21 @@ class ServerControl(Protocol):
         @raise mycnf.InvalidOption: if an option is refused; nothing changed.
         @raise ServerError: if writing or restarting failed.
         """
+
+
+def _check_new_datadir(path: str) -> None:
+    """
+    Refuse a data directory that is not one: an existing file, or a
+    non-empty directory that holds no initialised data directory.
+
+    @raise mycnf.InvalidOption: naming C{datadir}.
+    """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise mycnf.InvalidOption("datadir", f"{path} exists and is not a directory")
+    if os.path.isdir(path) and os.listdir(path) and not os.path.isdir(
+            os.path.join(path, "mysql")):
+        raise mycnf.InvalidOption(
+            "datadir", f"{path} is not empty and holds no data directory (no mysql/ in it)")
 
 
 class _ChildProcess(ProcessProtocol):
@@ -425,13 +425,6 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-def _user_name() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
 
 
 def _client_option_file(options: Mapping[str, str | int]) -> str:
@@ -775,6 +768,8 @@ class ManagedServer(_ServerBase):
         self, options: Mapping[str, object], *, restart: bool = True
     ) -> dict[str, str]:
         validated = mycnf.validate_options(options)
+        if "datadir" in validated:
+            _check_new_datadir(validated["datadir"])
         async with self._lock:
             try:
                 await self._prepare()
@@ -862,9 +857,7 @@ class ManagedServer(_ServerBase):
         await self._end_orphan()
         self._rotate_error_log()
 
-        argv = [binary, f"--defaults-file={self.mycnf_path}"]
-        if os.geteuid() == 0:
-            argv.append(f"--user={_user_name()}")
+        argv = [binary, f"--defaults-file={self.mycnf_path}", *initdb.user_option()]
         proto = _ChildProcess(
             self._reactor, "mariadbd", self.error_log_path, on_exit=self._process_ended
         )
@@ -976,26 +969,14 @@ class ManagedServer(_ServerBase):
         if os.path.exists(work):
             shutil.rmtree(work)
         os.makedirs(os.path.dirname(datadir), exist_ok=True)
-        small = ["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M"]
-        user = [f"--user={_user_name()}"] if os.geteuid() == 0 else []
+        template = self._settings.datadir_template
+        if template is not None and await self._copy_template(template, work):
+            self._replace(work)
+            return
         install_db = self._settings.install_db
-        if self.flavor == "mysql" or install_db is None:
-            mysqld = self._settings.mysqld
-            assert mysqld is not None
-            argv = [mysqld, "--no-defaults", "--initialize-insecure", f"--datadir={work}"]
-            argv.append(f"--tmpdir={self.tmp_dir}")
-            argv += user
-        else:
-            argv = [
-                install_db,
-                "--no-defaults",
-                f"--datadir={work}",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                f"--tmpdir={self.tmp_dir}",
-                *user,
-                *small,
-            ]
+        mysqld = self._settings.mysqld
+        assert mysqld is not None
+        argv = initdb.initialise_argv(install_db, mysqld, self.flavor, work, self.tmp_dir)
         self.log.info("initialising the data directory {datadir}", datadir=datadir)
         proto = await self._run(argv, self.install_timeout, self.error_log_path, cwd=self.base_dir)
         if proto.exit_code != 0:
@@ -1003,9 +984,56 @@ class ManagedServer(_ServerBase):
                 f"initialising {datadir} failed ({proto.describe_exit()}); "
                 f"last lines of {self.error_log_path}:\n{proto.describe_tail()}"
             )
-        if os.path.isdir(datadir):
-            os.rmdir(datadir)
-        os.rename(work, datadir)
+        self._replace(work)
+
+    def _replace(self, work: str) -> None:
+        """
+        Make the initialised C{work} directory the data directory.
+        """
+        try:
+            if os.path.isdir(self.datadir):
+                os.rmdir(self.datadir)
+            os.rename(work, self.datadir)
+        except OSError as e:
+            shutil.rmtree(work, ignore_errors=True)
+            raise ServerStartError(
+                f"cannot move the new data directory to {self.datadir}: {e}"
+            ) from e
+
+    async def _copy_template(self, template: str, work: str) -> bool:
+        """
+        Copy the template's data directory to C{work} (see
+        L{conpaassql.agent.initdb}); the template is only read.
+
+        @return: whether it was copied; if not (no usable template, or the
+            copy failed: logged), C{work} does not exist.
+        """
+        problem = await self._in_thread(initdb.check_template, template, self.version)
+        if problem is not None:
+            self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+                "not using the datadir template: {problem}", problem=problem
+            )
+            return False
+        cp = shutil.which("cp", path=self.child_environment()["PATH"])
+        source = os.path.join(template, initdb.DATA)
+        self.log.info("copying the datadir template {source}", source=source)
+        try:
+            if cp is None:
+                raise ServerError("no cp program")
+            proto = await self._run([cp, "-R", "--preserve=mode,timestamps", "--reflink=auto",
+                                     "--", source, work], self.install_timeout,
+                                    self.error_log_path, cwd=self.base_dir)
+            if proto.exit_code != 0:
+                raise ServerError(f"cp failed ({proto.describe_exit()}): {proto.describe_tail()}")
+            for name in initdb.IDENTITY_FILES:
+                if os.path.lexists(os.path.join(work, name)):
+                    os.unlink(os.path.join(work, name))
+        except (ServerError, OSError) as e:
+            self.log.error("copying the datadir template failed, initialising instead: "
+                           "{error}", error=e)
+            shutil.rmtree(work, ignore_errors=True)
+            return False
+        return True
 
     # -- files
 

@@ -60,10 +60,9 @@ from conpaassql.rpc.errors import (
     OperationFailed,
     RPCError,
     Timeout,
-    Unauthorized,
     WrongState,
 )
-from conpaassql.rpc.resource import TokenAuth
+from conpaassql.rpc.resource import TokenAuth, refusal
 
 log = Logger()
 
@@ -345,12 +344,10 @@ class SnapshotResource(resource.Resource):
         self.source = source
         self.auth = auth
 
-    def render_GET(self, request: server.Request) -> int | bytes:
-        try:
-            self.auth.check(request)
-        except Unauthorized as e:
-            request.setHeader(b"www-authenticate", b'Bearer realm="conpaassql"')
-            return self._fail(request, e)
+    def render(self, request: server.Request) -> int | bytes:
+        refused = refusal(request, self.auth, (b"GET",))
+        if refused is not None:
+            return refused
         d = Deferred.fromCoroutine(self._serve(request))
         d.addErrback(self._failed, request)
         return NOT_DONE_YET

@@ -7,6 +7,8 @@ database server are set up when the service starts.
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from typing import Any
 
 from twisted.application import service
@@ -38,6 +40,10 @@ class Options(ServiceOptions):
         *serviceOptions(DEFAULT_LISTEN, DEFAULT_STATE_DIR, "agent's state and server",
                         "etc/agent.cnf"),
         ["max-upload", None, str(64 * 1024**3), "Largest upload accepted, in bytes."],
+        ["datadir-template", None, None,
+         "Managed mode: a template data directory to copy for a new instance instead of "
+         "running mariadb-install-db (made by python -m conpaassql.agent.initdb; "
+         "overrides [agent] datadir_template)."],
     ]
 
     def loadConfig(self, path: str | None) -> AgentConfig:
@@ -45,7 +51,13 @@ class Options(ServiceOptions):
             self["max-upload"] = int(self["max-upload"])
         except ValueError:
             raise usage.UsageError("--max-upload must be a number of bytes") from None
-        return load_config(path)
+        config = load_config(path)
+        template = self["datadir-template"]
+        if template is not None:
+            if not os.path.isabs(template):
+                raise usage.UsageError("--datadir-template must be an absolute path")
+            config = replace(config, server=replace(config.server, datadir_template=template))
+        return config
 
 
 class AgentService(RPCServerService):

@@ -129,11 +129,7 @@ class GUIService(service.Service):
         root = resource.Resource()
         root.putChild(b"", Redirect(b"/ui/"))
         root.putChild(b"ui", gui)
-        site = makeSite(root, uploadDir=uploads)
-        # RPCRequest's class attribute does not stop Twisted from parsing
-        # multipart bodies into memory (Request.__init__ copies the Site's
-        # setting): turn it off on the site, so uploads stay on disk.
-        site._parsePOSTFormSubmission = False
+        site = makeSite(root, uploadDir=uploads)  # uploads stay on disk
         d = endpoints.serverFromString(self.reactor, self.listen).listen(site)
         d.addCallbacks(self._listening, self._listenFailed)
 

@@ -45,9 +45,9 @@ from twisted.web.template import Tag
 
 from conpaassql.gui import model, pages
 from conpaassql.gui.session import Session, SessionStore, newSessionId
-from conpaassql.rpc.dispatch import Upload
 from conpaassql.rpc.errors import UNAUTHORIZED, RPCError, TransportError
 from conpaassql.rpc.multipart import parseMultipart
+from conpaassql.rpc.resource import headerText
 
 __all__ = ["COOKIE_NAME", "GUIResource", "makeGUIResource"]
 
@@ -78,36 +78,6 @@ class _Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class _SpoolRange:
-    """
-    A read-only file over one uploaded file's byte range of the spooled
-    request body, for the HTTP client's body producer (which reads, seeks
-    and tells).
-    """
-
-    def __init__(self, upload: Upload) -> None:
-        self._upload = upload
-        self._pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = self._upload.size - self._pos
-        data = self._upload.read(self._pos, n)
-        self._pos += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._upload.size}[whence]
-        self._pos = max(0, min(self._upload.size, base + offset))
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def close(self) -> None:
-        pass
 
 
 def _spoolToFile(content: IO[bytes], directory: str | None) -> IO[bytes]:
@@ -261,19 +231,19 @@ class GUIResource(resource.Resource):
         return value if re.fullmatch(r"[A-Za-z0-9_\-]{20,100}", value) else None
 
     def _ownOrigin(self, request: server.Request) -> str:
-        host = request.getHeader("host") or ""
+        host = headerText(request, "host")
         scheme = "https" if request.isSecure() else "http"
         return f"{scheme}://{host}".lower()
 
     def _checkOrigin(self, request: server.Request) -> None:
         allowed = {self._ownOrigin(request), *self.allowedOrigins}
-        origin = request.getHeader("origin")
+        origin = headerText(request, "origin") or None
         if origin is not None and origin != "null":
             if origin.rstrip("/").lower() not in allowed:
                 raise _Refused(403, "Refused: this request came from another site "
                                     f"({origin[:100]}). Use the front-end's own pages.")
             return
-        referer = request.getHeader("referer")
+        referer = headerText(request, "referer") or None
         if referer:
             parts = urlsplit(referer)
             if f"{parts.scheme}://{parts.netloc}".lower() in allowed:
@@ -284,7 +254,7 @@ class GUIResource(resource.Resource):
                             "(no Origin or Referer header). Use the front-end's own pages.")
 
     async def _form(self, request: server.Request) -> dict[str, str]:
-        ctype = (request.getHeader("content-type") or "").lower()
+        ctype = headerText(request, "content-type").lower()
         if not ctype.startswith("application/x-www-form-urlencoded"):
             raise _Refused(415, "Expected a form submission.")
         content = request.content
@@ -352,7 +322,7 @@ class GUIResource(resource.Resource):
                          refusal.status)
 
     def _wantsJSON(self, request: server.Request) -> bool:
-        return "application/json" in (request.getHeader("accept") or "")
+        return "application/json" in headerText(request, "accept")
 
     async def _dispatch(self, request: server.Request, route: _Route,
                         args: dict[str, str], base: str) -> None:
@@ -616,7 +586,7 @@ class GUIResource(resource.Resource):
     async def uploadDump(self, request: server.Request, base: str, session: Session,
                          id: int) -> None:
         wantsJSON = self._wantsJSON(request)
-        ctype = request.getHeader("content-type") or ""
+        ctype = headerText(request, "content-type")
         if not ctype.lower().startswith("multipart/form-data"):
             raise _Refused(415, "Send the dump as a file upload (multipart/form-data).")
         if getattr(request, "tooLarge", False):
@@ -634,7 +604,8 @@ class GUIResource(resource.Resource):
                 fields, files = await deferToThread(parseMultipart, content, ctype)
             except RPCError as e:
                 raise _Refused(400, f"The upload could not be read: {e.message}") from None
-            self._requireCsrf(session.sid, request.getHeader("x-csrf-token") or fields.get("csrf"))
+            self._requireCsrf(session.sid,
+                              headerText(request, "x-csrf-token") or fields.get("csrf"))
             upload = files.get("mysqldump")
             if upload is None or upload.size == 0:
                 error: str | None = "Choose a non-empty dump file to upload."
@@ -645,7 +616,7 @@ class GUIResource(resource.Resource):
                         "send_mysqldump",
                         {"serviceNodeId": id},  # type: ignore[dict-item]
                         {"mysqldump": (upload.filename or "dump.sql",
-                                       FileBodyProducer(_SpoolRange(upload)))},
+                                       FileBodyProducer(upload.reader()))},
                     )
                 )
         finally:

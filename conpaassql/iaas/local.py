@@ -42,6 +42,16 @@ crash) leaves the VM GONE with detail C{"terminating"}: terminate it again
 to finish.  The agent is recognised by its pid I{and} by its command line,
 which names the node's pid file, so a recycled pid is not taken for it.
 
+A node's database is not initialised by C{mariadb-install-db} (most of a
+second) but copied from a pristine I{datadir template} in
+C{<base dir>/templates/<flavor>-<version>/}, made once, at the first create,
+by C{python -m conpaassql.agent.initdb} (a child process; built under a
+temporary name and renamed, and named by the server's version, so an
+upgrade makes a new one), and given to each agent with
+C{--datadir-template}.  Each agent still sets its own root password after
+its first start.  When no template can be made (logged), agents initialise
+their data directory themselves.
+
 Settings (the C{[iaas]} section, keys in any case, all optional):
 
   - C{LOCAL_BASE_DIR}: where the node directories are; default
@@ -112,6 +122,8 @@ TERMINATING_FILE = "terminating"
 RESTARTS_FILE = "restarts.json"
 AGENT_DIR = "agent"
 AGENT_URL_FILE = "agent-url"
+#: The directory of the base dir holding the datadir templates.
+TEMPLATES_DIR = "templates"
 
 #: How twistd is run with the manager's own interpreter (a constant program,
 #: never built from input).
@@ -343,7 +355,24 @@ class _Node:
         return directory
 
 
-class _Launcher(ProcessProtocol):
+class _Child(ProcessProtocol):
+    """
+    A child process of the driver, given no input, that can be killed.
+    """
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.closeStdin()
+
+    def kill(self) -> None:
+        transport: Any = self.transport
+        try:
+            transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+
+
+class _Launcher(_Child):
     """
     The C{twistd} that daemonizes one agent.  It exits once the agent has
     started its services (0) or failed to (non-zero, with the reason on
@@ -356,10 +385,6 @@ class _Launcher(ProcessProtocol):
         self._output = bytearray()
         self.done = False
         self._waiters: list[Deferred[None]] = []
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._output += data
@@ -386,12 +411,26 @@ class _Launcher(ProcessProtocol):
         self._waiters.append(d)
         return d
 
-    def kill(self) -> None:
-        transport: Any = self.transport
-        try:
-            transport.signalProcess("KILL")
-        except ProcessExitedAlready:
-            pass
+
+class _TemplateMaker(_Child):
+    """
+    C{python -m conpaassql.agent.initdb --root DIR}: makes (or finds) the
+    datadir template and prints its directory.
+    """
+
+    def __init__(self) -> None:
+        self.output = {1: bytearray(), 2: bytearray()}
+        self.code: int | None = None
+        self.ended: Deferred[None] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        buffer = self.output.setdefault(childFD, bytearray())
+        buffer += data
+        del buffer[:-8192]
+
+    def processEnded(self, reason: Failure) -> None:
+        self.code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(None)
 
 
 class LocalDriver:
@@ -414,6 +453,10 @@ class LocalDriver:
     #: An agent that ends again within this many seconds of its restart is
     #: not restarted again: its VM is FAILED.
     restartWindow = 30.0
+    #: Seconds making the datadir template may take.
+    templateTimeout = 180.0
+    #: Seconds a create waits for the template being made.
+    templateWait = 30.0
 
     def __init__(self, settings: LocalSettings, *, reactor: Any, serviceTag: str) -> None:
         self.settings = settings
@@ -426,6 +469,10 @@ class LocalDriver:
         #: Pending waits and their IDelayedCall.
         self._sleeps: dict[Deferred[None], Any] = {}
         self._closed = False
+        #: The datadir template: made once (L{_datadirTemplate}).
+        self._template: str | None = None
+        self._templateMaker: _TemplateMaker | None = None
+        self._templateWaiters: builtins.list[Deferred[str | None]] | None = None
 
     # -- the interface
 
@@ -459,9 +506,20 @@ class LocalDriver:
                 transient=False,
             )
         port = int(rawPort)
+        if os.path.lexists(node.dir):
+            raise CloudFailure(
+                f"create {spec.name}: a VM of that name already exists", transient=False
+            )
+        waiting = self._datadirTemplate()
+        waiting.addTimeout(self.templateWait, self._reactor)
+        try:
+            template = await waiting
+        except DeferredTimeoutError:
+            template = None  # still being made: this agent initialises its own
+        self._checkOpen()
 
         try:
-            os.makedirs(self.settings.baseDir, mode=0o700, exist_ok=True)
+            self._makeBaseDir()
             os.mkdir(node.dir, 0o700)
         except FileExistsError:
             raise CloudFailure(
@@ -479,7 +537,7 @@ class LocalDriver:
                 "agentPort": port or None,
             }
             write_file_atomic(node.path(VM_FILE), json.dumps(record) + "\n", mode=0o600)
-            self._launch(node, port)
+            self._launch(node, port, template)
         except OSError as e:
             shutil.rmtree(node.dir, ignore_errors=True)
             raise CloudFailure(f"create {spec.name}: cannot start its agent: {e}") from None
@@ -564,11 +622,89 @@ class LocalDriver:
         deadline = self._reactor.seconds() + self.launcherTimeout
         for launcher in list(self._launchers.values()):
             await self._awaitLauncher(launcher, max(0.0, deadline - self._reactor.seconds()))
+        if self._templateWaiters is not None:
+            # Making the template: wait for it, bounded, then kill it.
+            made = self._datadirTemplate()
+            made.addTimeout(max(0.0, deadline - self._reactor.seconds()), self._reactor)
+            try:
+                await made
+            except DeferredTimeoutError:
+                assert self._templateMaker is not None
+                self._templateMaker.kill()
+                await self._datadirTemplate()
+
+    # -- the datadir template
+
+    def _datadirTemplate(self) -> Deferred[str | None]:
+        """
+        The datadir template for the agents, made at the first call (by a
+        child process); later calls wait for that one.  One that could not
+        be made is not tried again by this driver.
+
+        @return: a Deferred firing with its directory, or L{None} if it could
+            not be made (logged; the agents then initialise their own).
+        """
+        if self._templateWaiters is None:
+            if self._template is not None or self._templateMaker is not None:
+                return succeed(self._template)
+            self._templateWaiters = []
+            Deferred.fromCoroutine(self._makeTemplate()).addErrback(
+                lambda f: self.log.failure("making the datadir template", f)
+            )
+            if self._templateWaiters is None:  # it ended at once
+                return succeed(self._template)
+        waiters = self._templateWaiters
+
+        def cancel(d: Deferred[str | None]) -> None:
+            if d in waiters:
+                waiters.remove(d)
+
+        d: Deferred[str | None] = Deferred(cancel)
+        waiters.append(d)
+        return d
+
+    def _makeBaseDir(self) -> None:
+        """The base directory, private: node directories in it hold secrets."""
+        os.makedirs(self.settings.baseDir, mode=0o700, exist_ok=True)
+        os.chmod(self.settings.baseDir, 0o700)
+
+    async def _makeTemplate(self) -> None:
+        root = os.path.join(self.settings.baseDir, TEMPLATES_DIR)
+        maker = self._templateMaker = _TemplateMaker()
+        argv = [sys.executable, "-m", "conpaassql.agent.initdb", "--root", root]
+        try:
+            self._makeBaseDir()
+            os.makedirs(root, mode=0o700, exist_ok=True)
+            self._reactor.spawnProcess(maker, sys.executable, argv,
+                                       env=self._agentEnvironment(root),
+                                       path=self.settings.baseDir)
+        except OSError as e:
+            self.log.error("cannot make the datadir template: {error}", error=e)
+            maker.ended.callback(None)
+        else:
+            timeout = self._reactor.callLater(self.templateTimeout, maker.kill)
+            await maker.ended
+            if timeout.active():
+                timeout.cancel()
+        path = bytes(maker.output[1]).decode("utf-8", "replace").strip()
+        if maker.code == 0 and os.path.dirname(path) == root and os.path.isdir(path):
+            self._template = path
+            self.log.info("datadir template: {path}", path=path)
+        else:
+            why = bytes(maker.output[2]).decode("utf-8", "replace").strip()
+            self.log.error("no datadir template (agents initialise their own): {why}",
+                           why=why or f"exit code {maker.code}")
+        waiters, self._templateWaiters = self._templateWaiters or [], None
+        for d in waiters:
+            d.callback(self._template)
 
     # -- creating
 
-    def _agentArgv(self, node: _Node, port: int) -> builtins.list[str]:
+    def _agentArgv(
+        self, node: _Node, port: int, template: str | None = None
+    ) -> builtins.list[str]:
         listen = f"tcp:{port}:interface={_endpointAddress(self.settings.bindAddress)}"
+        extra = [f"--datadir-template={template}"] if template is not None else []
         return [
             sys.executable,
             "-c",
@@ -581,9 +717,10 @@ class LocalDriver:
             f"--state-dir={node.agentDir}",
             f"--listen={listen}",
             f"--token-file={node.tokenFile}",
+            *extra,
         ]
 
-    def _agentEnvironment(self, node: _Node) -> dict[str, str]:
+    def _agentEnvironment(self, home: _Node | str) -> dict[str, str]:
         """
         The agent's whole environment: no secret, nothing inherited but the
         location of this very code.
@@ -593,7 +730,7 @@ class LocalDriver:
         path += ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         return {
             "PATH": os.pathsep.join(dict.fromkeys(path)),
-            "HOME": node.dir,
+            "HOME": home.dir if isinstance(home, _Node) else home,
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
             "TMPDIR": tempfile.gettempdir(),
@@ -714,13 +851,13 @@ class LocalDriver:
             return False
         return True
 
-    def _launch(self, node: _Node, port: int) -> None:
+    def _launch(self, node: _Node, port: int, template: str | None = None) -> None:
         """Start twistd for the node's agent (it daemonizes it)."""
         launcher = _Launcher(self, node)
         self._reactor.spawnProcess(
             launcher,
             sys.executable,
-            self._agentArgv(node, port),
+            self._agentArgv(node, port, template),
             env=self._agentEnvironment(node),
             path=node.dir,
         )

@@ -40,15 +40,16 @@ import signal
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
 
 from conpaassql.iaas.onetemplate import TemplateSyntaxError, parseTemplate
@@ -56,6 +57,7 @@ from conpaassql.iaas.xmlrpcwire import I8, Fault, WireError, decodeCall, encodeF
 
 __all__ = [
     "PROFILES",
+    "Booter",
     "Delays",
     "OneSimResource",
     "OneSimService",
@@ -262,6 +264,19 @@ class SimVM:
         return _STATE_NAMES[self.state] if self.state < len(_STATE_NAMES) else str(self.state)
 
 
+class Booter(Protocol):
+    """What boots simulated VMs (L{VMBooter}, or a test's fake)."""
+
+    def boot(self, vm: SimVM) -> None:
+        "VM C{vm} reached RUNNING: start what it runs."
+
+    def halt(self, vmId: int) -> defer.Deferred[None]:
+        "VM C{vmId} ended: stop what it runs; fires when that is gone."
+
+    async def stopAll(self) -> None:
+        "Halt every booted VM (on the simulator's stop)."
+
+
 class _RequestError(Exception):
     def __init__(self, code: int, message: str, objectId: int = -1) -> None:
         super().__init__(message)
@@ -341,9 +356,12 @@ class OneSimulator:
     @param autoDeploy: act as the scheduler (PENDING VMs are deployed after
         C{delays.pending}); without it a VM waits for C{one.vm.deploy}.
     @param booter: boots VMs that reach RUNNING (L{VMBooter}), or L{None}.
+        A VM that ends (terminated, failed, lost) is halted by it.
     @param uuids: makes OS/UUID values (6.x).
 
     @ivar calls: calls received, by method name (fault-injected ones included).
+    @ivar callLog: the last calls received: C{(time on the clock, method,
+        parameters after the session)}, oldest first.
     """
 
     log = Logger()
@@ -357,7 +375,7 @@ class OneSimulator:
         delays: Delays = Delays(),
         network: SimNetwork | None = None,
         autoDeploy: bool = True,
-        booter: VMBooter | None = None,
+        booter: Booter | None = None,
         uuids: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         self.profile = PROFILES[version]
@@ -375,6 +393,7 @@ class OneSimulator:
         self.nextId = 0
         self.requestIds = iter(range(1000, 10**9))
         self.calls: Counter[str] = Counter()
+        self.callLog: deque[tuple[float, str, tuple[Any, ...]]] = deque(maxlen=10000)
         #: Seconds every reply waits before it is sent (slow server).
         self.replyDelay = 0.0
         self._failures: dict[str, list[tuple[str, Any, Any]]] = {}
@@ -465,6 +484,7 @@ class OneSimulator:
         @raise Fault: for an unknown method or bad parameters.
         """
         self.calls[method] += 1
+        self.callLog.append((self.clock.seconds(), method, tuple(params[1:])))
         queue = self._failures.get(method)
         if queue:
             kind, code, message = queue.pop(0)
@@ -1017,12 +1037,14 @@ class OneSimService(service.Service):
         self.reactor = reactor
         self.site = server.Site(OneSimResource(sim))
         self.site.displayTracebacks = False
+        # Tracks the open connections, so that stopping listening drops them.
+        self._factory = WrappingFactory(self.site)
         self.port: Any = None
         self.url = ""
 
     async def listen(self) -> str:
         """Start listening (again); fires with the URL."""
-        self.port = await endpoints.serverFromString(self.reactor, self.endpoint).listen(self.site)
+        self.port = await endpoints.serverFromString(self.reactor, self.endpoint).listen(self._factory)
         host = self.port.getHost()
         self.url = f"http://{host.host}:{host.port}/RPC2"
         # Listen on the same port next time (refused-connection tests).
@@ -1030,10 +1052,15 @@ class OneSimService(service.Service):
         return self.url
 
     async def stopListening(self) -> None:
-        """Stop accepting connections: clients get 'connection refused'."""
+        """
+        Stop accepting connections and drop the open ones, as a server that
+        goes down does: clients get 'connection refused'.
+        """
         if self.port is not None:
             port, self.port = self.port, None
             await port.stopListening()
+        for connection in list(self._factory.protocols):
+            connection.transport.abortConnection()
 
     def startService(self) -> None:
         super().startService()

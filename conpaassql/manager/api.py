@@ -15,10 +15,10 @@ from typing import Any
 from twisted.web.client import FileBodyProducer
 
 from conpaassql.manager.service import AgentClient, Manager
-from conpaassql.rpc.dispatch import Params, Upload, method
+from conpaassql.rpc.dispatch import Params, method
 from conpaassql.rpc.errors import Conflict, InvalidParams
 
-__all__ = ["ManagerAPI", "UploadReader"]
+__all__ = ["ManagerAPI"]
 
 #: Node functions add_nodes knows.
 FUNCTIONS = ("agent",)
@@ -26,37 +26,6 @@ FUNCTIONS = ("agent",)
 MAX_COUNT = 50
 
 _DATABASE = r"[A-Za-z0-9_$]{1,64}"
-
-
-class UploadReader:
-    """
-    A read-only file over an L{Upload}'s byte range (read with C{os.pread}
-    through L{Upload.read}), so a dump is streamed on from the spool file
-    it arrived in and never held in memory.  Each reader has its own
-    position: several agents can be sent the same upload at once.
-    """
-
-    def __init__(self, upload: Upload) -> None:
-        self._upload = upload
-        self._offset = 0
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = self._upload.size - self._offset
-        data = self._upload.read(self._offset, size)
-        self._offset += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._offset, os.SEEK_END: self._upload.size}
-        self._offset = max(0, base[whence] + offset)
-        return self._offset
-
-    def tell(self) -> int:
-        return self._offset
-
-    def close(self) -> None:
-        pass
 
 
 def _target(params: Params, default: Any = None) -> int | str:
@@ -106,9 +75,14 @@ class ManagerAPI:
 
     @method()
     async def list_nodes(self, params: Params) -> dict[str, Any]:
-        """The ids of the service's live nodes."""
+        """
+        The ids of the service's nodes: not those being removed (TERMINATING:
+        remove_nodes said OK; get_node_info still shows them until they are
+        gone, get_service_info counts them).
+        """
         await self.manager.ready
-        return {"serviceNode": sorted(self.manager.nodes)}
+        return {"serviceNode": sorted(i for i, n in self.manager.nodes.items()
+                                      if n.state != "TERMINATING")}
 
     @method(params=("serviceNodeId",))
     async def get_node_info(self, params: Params) -> dict[str, Any]:
@@ -212,7 +186,7 @@ class ManagerAPI:
         name = os.path.basename(upload.filename or "dump.sql")
 
         async def call(client: AgentClient) -> Any:
-            producer = FileBodyProducer(UploadReader(upload), readSize=256 * 1024)
+            producer = FileBodyProducer(upload.reader(), readSize=256 * 1024)
             return await client.upload(
                 "create_with_MySQLdump", forward, {"mysqldump": (name, producer)},
                 timeout=self.manager.config.upload_timeout,

@@ -62,6 +62,12 @@ class NodeInputs(Protocol):
     def createFailed(self, reason: str) -> None:
         "The driver's create call failed."
 
+    def createDelayed(self, reason: str) -> None:
+        """
+        The driver's create call failed in a way that may pass (no answer in
+        time, no connection): the cloud may or may not have made the VM.
+        """
+
     def cloudPending(self, vm: VMInfo) -> None:
         "The cloud lists the VM as PENDING or BOOTING."
 
@@ -222,6 +228,8 @@ class NodeCore:
                   f"{record.state}"
             if self.lastProbeError:
                 why += f"; last probe: {self.lastProbeError}"
+            elif record.state == "PENDING" and record.error:
+                why += f"; {record.error}"
             return record.created_at + self.bootTimeout, why + ")"
         if record.state == "RUNNING" and record.unreachable_since is not None:
             return (
@@ -307,6 +315,18 @@ def _createFailedLate(inputs: NodeInputs, core: NodeCore, reason: str) -> None:
 
 _ignore(running, NodeInputs.createFailed)
 _ignore(unreachable, NodeInputs.createFailed)
+
+
+@pending.upon(NodeInputs.createDelayed).loop()
+def _createDelayed(inputs: NodeInputs, core: NodeCore, reason: str) -> None:
+    # Still PENDING: the next cloud list finds the VM if the cloud made it,
+    # and the manager asks again if not (until the boot deadline).
+    core.record.error = f"asking the cloud for the VM failed (tried again): {reason}"
+    core.save()
+
+
+for _state in (booting, running, unreachable, error, terminating, terminated):
+    _ignore(_state, NodeInputs.createDelayed)
 
 
 # PENDING

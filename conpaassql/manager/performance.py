@@ -48,8 +48,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 
-from conpaassql.rpc.errors import Unauthorized
-from conpaassql.rpc.resource import TokenAuth
+from conpaassql.rpc.resource import TokenAuth, refusal
 
 #: Counters summed into C{writes_per_second}.
 WRITE_COUNTERS = (
@@ -251,15 +250,11 @@ class MetricsResource(Resource):
         self._tracker = tracker
         self._auth = auth
 
-    def render_GET(self, request: Any) -> bytes:
+    def render(self, request: Any) -> bytes:
         request.setHeader(b"cache-control", b"no-store")
-        try:
-            self._auth.check(request)
-        except Unauthorized as e:
-            request.setResponseCode(401)
-            request.setHeader(b"www-authenticate", b'Bearer realm="conpaassql"')
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return (e.message + "\n").encode("utf-8")
+        refused = refusal(request, self._auth)
+        if refused is not None:
+            return refused
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return prometheusText(self._tracker)
 

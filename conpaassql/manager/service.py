@@ -10,11 +10,16 @@ clock) runs a cycle every C{poll_interval} seconds:
   1. one C{driver.list()} for all the service's VMs (after a failure, the
      next calls back off, up to a minute, while agent probes go on);
   2. each live node is told what the cloud says of its VM; VMs of our tag
-     that belong to no live node are terminated (never leaked); nodes left
-     PENDING without a VM by a crash are created again;
+     that belong to no live node (or a node's second VM) are terminated
+     (never leaked); nodes left PENDING without a VM (by a crash, or a
+     create that got no answer) are created again;
   3. the agents of nodes with an address are probed (C{get_server_state})
      concurrently, at most C{probe_concurrency} at once, each with a timeout;
-  4. deadlines are checked and failed terminations retried;
+     the cycle waits for them at most half the poller's interval (slower
+     probes finish in the background; their nodes are not probed again
+     meanwhile);
+  4. deadlines are checked and failed terminations retried (not while
+     cloud calls back off);
   5. every change is written to the registry before the cycle ends.
 
 The loop body catches and logs everything, so one bad cycle never stops
@@ -40,11 +45,13 @@ from twisted.internet.defer import (
     DeferredSemaphore,
     gatherResults,
 )
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.error import TimeoutError as ConnectionTimeout
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from conpaassql.iaas.base import IaaSDriver, NodeSpec, VMInfo, nodeIdOfName
+from conpaassql.iaas.base import CloudFailure, IaaSDriver, NodeSpec, VMInfo, nodeIdOfName
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.errors import describe
 from conpaassql.manager.failover import MasterWatch
@@ -104,6 +111,13 @@ DriverFactory = Callable[[str], IaaSDriver]
 
 
 _describe = describe
+
+
+def _transient(e: BaseException) -> bool:
+    """Whether a failed cloud call may have worked, or may work if asked again."""
+    if isinstance(e, CloudFailure):
+        return e.transient
+    return isinstance(e, (DeferredTimeout, ConnectionTimeout, CancelledError))
 
 
 class _ClosingClient:
@@ -177,7 +191,15 @@ class Manager(service.Service):
         self._creating: set[int] = set()
         self._ending: set[int] = set()
         self._orphans: set[str] = set()
+        #: Node id -> (creates that got no answer, when to ask again).
+        self._createRetry: dict[int, tuple[int, float]] = {}
+        #: How many create calls have ended, and node id -> the count when
+        #: its last one ended: a list asked for before then may not show it.
+        self._createsEnded = 0
+        self._createEnded: dict[int, int] = {}
         self._inflight: set[Deferred[Any]] = set()
+        #: Node ids whose agent probe is queued or under way.
+        self._probing: set[int] = set()
         self._listBackoff = 0.0
         self._listRetryAt = 0.0
         #: Why the last cloud list failed, until one succeeds.
@@ -387,16 +409,31 @@ class Manager(service.Service):
             vm = await self._timed(self.driver.create(self._spec(node.core.record)),
                                    self.config.list_timeout)
         except Exception as e:
-            self._creating.discard(node.id)
-            log.warn("node {node}: create failed: {why}", node=node.id, why=_describe(e))
-            node.machine.createFailed(_describe(e))
+            self._createDone(node)
+            if _transient(e):
+                attempts = self._createRetry.get(node.id, (0, 0.0))[0] + 1
+                delay = min(MAX_LIST_BACKOFF, self.config.poll_interval * 2 ** (attempts - 1))
+                self._createRetry[node.id] = (attempts, self.clock.seconds() + delay)
+                log.warn("node {node}: create failed ({why}); a cloud list finds its VM, "
+                         "or it is asked for again in {delay:g} s", node=node.id,
+                         why=_describe(e), delay=delay)
+                node.machine.createDelayed(_describe(e))
+            else:
+                log.warn("node {node}: create failed: {why}", node=node.id, why=_describe(e))
+                node.machine.createFailed(_describe(e))
         else:
-            self._creating.discard(node.id)
+            self._createDone(node)
+            self._createRetry.pop(node.id, None)
             node.machine.created(vm)
             node.observe(vm)
         if node.state == "TERMINATING":
             self._terminate(node.core)
         await node.core.flush()
+
+    def _createDone(self, node: Node) -> None:
+        self._creating.discard(node.id)
+        self._createsEnded += 1
+        self._createEnded[node.id] = self._createsEnded
 
     async def removeNode(self, nodeId: int) -> Node:
         """
@@ -449,15 +486,18 @@ class Manager(service.Service):
 
     def _gone(self, core: NodeCore) -> None:
         self.nodes.pop(core.id, None)
+        self._createRetry.pop(core.id, None)
+        self._createEnded.pop(core.id, None)
         self.replication.forget(core.id)
         self.performance.forget(core.id)
         self._track(Deferred.fromCoroutine(self._closeClient(core.id)))
 
-    def _terminateOrphan(self, vm: VMInfo) -> None:
+    def _terminateOrphan(
+        self, vm: VMInfo, why: str = "it carries this service's tag but is no live node"
+    ) -> None:
         if vm.vmId in self._orphans:
             return
-        log.warn("VM {vm} ({name}) carries this service's tag but is no live node: "
-                 "terminating it", vm=vm.vmId, name=vm.name)
+        log.warn("VM {vm} ({name}): {why}: terminating it", vm=vm.vmId, name=vm.name, why=why)
 
         async def end() -> None:
             assert self.driver is not None
@@ -537,29 +577,13 @@ class Manager(service.Service):
         """One poll cycle (see the module's docstring)."""
         if self.driver is None or self.phase in ("ERROR", "STOPPED"):
             return
-        now = self.clock.seconds()
-        vms: list[VMInfo] | None = None
-        if now >= self._listRetryAt:
-            try:
-                vms = await self._timed(self.driver.list(), self.config.list_timeout)
-            except Exception as e:
-                self._listBackoff = min(
-                    MAX_LIST_BACKOFF, max(self.config.poll_interval, self._listBackoff * 2)
-                )
-                self._listRetryAt = self.clock.seconds() + self._listBackoff
-                self.cloudError = _describe(e)
-                log.warn("cloud list failed ({why}); next try in {delay:g} s",
-                         why=self.cloudError, delay=self._listBackoff)
-            else:
-                self._listBackoff = 0.0
-                self._listRetryAt = 0.0
-                self.cloudError = None
-        if vms is not None:
-            self._reconcile(vms)
+        await self.pollCloud()
         await self._probeAll()
+        # Failed terminations are tried again, unless cloud calls back off.
+        cloudCalls = self.clock.seconds() >= self._listRetryAt
         for node in list(self.nodes.values()):
             node.checkDeadline()
-            if node.state == "TERMINATING":
+            if node.state == "TERMINATING" and cloudCalls:
                 self._terminate(node.core)
         await self._flushAll()
         if self.phase in ("PROLOGUE", "RUNNING"):
@@ -567,7 +591,37 @@ class Manager(service.Service):
         self.cycles += 1
         self.lifecycle.polled()
 
-    def _reconcile(self, vms: Iterable[VMInfo]) -> None:
+    async def pollCloud(self) -> None:
+        """
+        The cloud part of a poll cycle: one C{driver.list()} (unless list
+        calls back off after failures), and what it says fed to the nodes.
+        """
+        assert self.driver is not None
+        if self.clock.seconds() < self._listRetryAt:
+            return
+        createsEnded = self._createsEnded
+        try:
+            vms = await self._timed(self.driver.list(), self.config.list_timeout)
+        except Exception as e:
+            self._listBackoff = min(
+                MAX_LIST_BACKOFF, max(self.config.poll_interval, self._listBackoff * 2)
+            )
+            self._listRetryAt = self.clock.seconds() + self._listBackoff
+            self.cloudError = _describe(e)
+            log.warn("cloud list failed ({why}); next try in {delay:g} s",
+                     why=self.cloudError, delay=self._listBackoff)
+            return
+        self._listBackoff = 0.0
+        self._listRetryAt = 0.0
+        self.cloudError = None
+        self._reconcile(vms, createsEnded)
+
+    def _reconcile(self, vms: Iterable[VMInfo], createsEnded: int) -> None:
+        """
+        Feed the listed VMs to their nodes.  C{createsEnded}: how many
+        create calls had ended when the list was asked for; a node whose
+        create ended later may be missing from the list without being gone.
+        """
         assert self.serviceTag is not None
         listed: dict[int, VMInfo] = {}
         for vm in vms:
@@ -576,19 +630,34 @@ class Manager(service.Service):
                 log.warn("the driver listed VM {vm} ({name}), which is not this service's: "
                          "ignored", vm=vm.vmId, name=vm.name)
                 continue
-            if nodeId in self.nodes:
+            if nodeId not in self.nodes:
+                if vm.state != "GONE":
+                    self._terminateOrphan(vm)
+                continue
+            other = listed.get(nodeId)
+            if other is None:
                 listed[nodeId] = vm
-            elif vm.state != "GONE":
-                self._terminateOrphan(vm)
+                continue
+            # Two VMs for one node (a create that timed out was made after
+            # all, and asked for again): keep the node's, end the other.
+            known = self.nodes[nodeId].core.record.vm_id
+            keepOther = other.vmId == known or (vm.vmId != known and other.state != "GONE")
+            keep, extra = (other, vm) if keepOther else (vm, other)
+            listed[nodeId] = keep
+            if extra.state != "GONE":
+                self._terminateOrphan(extra, f"a second VM of node {nodeId}")
         for node in list(self.nodes.values()):
             seen = listed.get(node.id)
             if seen is not None:
                 node.observe(seen)
-            elif node.id in self._creating:
+            elif node.id in self._creating or \
+                    self._createEnded.get(node.id, 0) > createsEnded:
                 continue  # not listed yet
             elif node.state == "PENDING" and node.core.record.vm_id is None:
-                log.info("node {node}: its creation was interrupted; creating it again",
-                         node=node.id)
+                if self.clock.seconds() < self._createRetry.get(node.id, (0, 0.0))[1]:
+                    continue
+                log.info("node {node}: the cloud has no VM for it (its creation was "
+                         "interrupted or failed); asking for one again", node=node.id)
                 self._startCreate(node)
             elif node.state != "TERMINATING":
                 node.observe(None)
@@ -621,12 +690,39 @@ class Manager(service.Service):
             await known[1].close()
 
     async def _probeAll(self) -> None:
-        probes = [
-            self._semaphore.run(lambda n=node: Deferred.fromCoroutine(self._probe(n)))
-            for node in list(self.nodes.values())
-            if node.state in ("BOOTING", "RUNNING") and self._address(node)
-        ]
-        await DeferredList(probes)
+        """
+        Probe the agents of the nodes with an address, C{probe_concurrency}
+        at once.  A node whose probe of an earlier cycle still waits (for its
+        turn or its answer) is not probed again.  The cycle waits for its
+        probes at most half the poller's interval: the rest go on in the
+        background, so that slow or silent agents never hold up the cloud list.
+        """
+        started = []
+        for node in list(self.nodes.values()):
+            if node.state not in ("BOOTING", "RUNNING") or node.id in self._probing \
+                    or not self._address(node):
+                continue
+            self._probing.add(node.id)
+            d = self._semaphore.run(lambda n=node: Deferred.fromCoroutine(self._probe(n)))
+            d.addBoth(self._probed, node.id)
+            started.append(self._track(d))
+        if not started:
+            return
+        enough: Deferred[None] = Deferred()
+
+        def fire(_: object = None) -> None:
+            if not enough.called:
+                enough.callback(None)
+
+        timer = self.clock.callLater(self._poller.step / 2, fire)
+        DeferredList(started).addBoth(fire)
+        await enough
+        if timer.active():
+            timer.cancel()
+
+    def _probed(self, result: _T, nodeId: int) -> _T:
+        self._probing.discard(nodeId)
+        return result
 
     async def _probe(self, node: Node) -> None:
         client = self.client(node)

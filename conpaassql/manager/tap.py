@@ -16,6 +16,9 @@ from twisted.application import service
 from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
 
 from conpaassql.common.config import ConfigError
+from conpaassql.common.files import read_or_create_token
+from conpaassql.gui.tap import ManagerClients
+from conpaassql.gui.web import GUIResource, makeGUIResource
 from conpaassql.iaas.base import DriverConfigError, IaaSDriver
 from conpaassql.manager import drivers
 from conpaassql.manager.api import ManagerAPI
@@ -32,6 +35,8 @@ log = Logger()
 DEFAULT_LISTEN = "tcp:50000:interface=127.0.0.1"
 DEFAULT_STATE_DIR = "~/.local/state/conpaassql/manager"
 REGISTRY_FILE = "registry.sqlite"
+#: The key of the web front-end's CSRF tokens, in the state directory (0600).
+GUI_SECRET_FILE = "gui-secret"
 
 
 def checkDriver(config: ManagerConfig, reactor: Any) -> None:
@@ -80,9 +85,23 @@ class Options(ServiceOptions):
         return config
 
 
+def loopbackURL(host: str, port: int) -> str:
+    """
+    A URL of this host's service listening on C{host}: loopback for a
+    wildcard address.
+    """
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 class ManagerService(RPCServerService):
     """
-    The manager: its core (L{Manager}, a child service) and its HTTP API.
+    The manager: its core (L{Manager}, a child service) and its HTTP API:
+    JSON-RPC at C{/}, the web front-end at C{/ui/}, and whatever else is
+    mounted with L{addChild}.
     """
 
     urlFile = "manager-url"
@@ -109,6 +128,8 @@ class ManagerService(RPCServerService):
         self.manager: Manager | None = None
         self._logFile: IO[str] | None = None
         self._logObserver: Any = None
+        self.gui: GUIResource | None = None
+        self._guiClients: ManagerClients | None = None
 
     def _makeDriver(self, serviceTag: str) -> IaaSDriver:
         return drivers.makeDriver(
@@ -139,18 +160,38 @@ class ManagerService(RPCServerService):
             stopProcess=self.stopProcess,
         )
         self.manager.setServiceParent(self)
+        self._mountGUI()
         super().startService()
         metrics = MetricsResource(self.manager.performance,
                                   TokenAuth([token], hint=f"token file {self.tokenFile}"))
         self.serve([ManagerAPI(self.manager)], token, uploadDir=uploads,
                    children={b"metrics": metrics})
 
+    def _mountGUI(self) -> None:
+        """
+        The web front-end at C{/ui/}: it calls this manager's API over HTTP,
+        at its listening URL once known, as any client does.
+        """
+        secret = read_or_create_token(os.path.join(self.stateDir, GUI_SECRET_FILE))
+        self._guiClients = ManagerClients("http://unset/", reactor=self.reactor)
+        self.gui = makeGUIResource(self._guiClients.forToken, reactor=self.reactor,
+                                   secret=secret.encode("utf-8"))
+        self.addChild("ui", self.gui)
+
     def listeningAt(self, url: str) -> None:
         assert self.manager is not None
         self.manager.setManagerUrl(self.config.manager_url or nodeFacingUrl(url))
+        host = self.port.getHost()
+        local = loopbackURL(host.host, host.port)
+        if self._guiClients is not None and self.gui is not None:
+            self._guiClients.url = self.gui.managerURL = local
+        log.info("web front-end at {url}ui/", url=url)
 
     async def _stopServing(self) -> None:
         await super()._stopServing()
+        if self._guiClients is not None:
+            clients, self._guiClients = self._guiClients, None
+            await clients.close()
         if self._logObserver is not None:
             globalLogPublisher.removeObserver(self._logObserver)
             self._logObserver = None

@@ -14,6 +14,7 @@ batch of them) into reply bytes.  Two envelopes are spoken:
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -66,6 +67,13 @@ class Upload:
             return b""
         return os.pread(self.fd, length, self.start + offset)
 
+    def reader(self) -> UploadReader:
+        """
+        A read-only file over this upload (e.g. for
+        C{twisted.web.client.FileBodyProducer}, to stream it on).
+        """
+        return UploadReader(self)
+
     def chunks(self, chunkSize: int = 256 * 1024) -> Iterator[bytes]:
         offset = 0
         while offset < self.size:
@@ -74,6 +82,37 @@ class Upload:
                 return
             offset += len(chunk)
             yield chunk
+
+
+class UploadReader:
+    """
+    A read-only file over an L{Upload}'s byte range (read with C{os.pread}
+    through L{Upload.read}), so a file is streamed on from the spool file
+    it arrived in and never held in memory.  Each reader has its own
+    position: the same upload can be sent to several places at once.
+    """
+
+    def __init__(self, upload: Upload) -> None:
+        self._upload = upload
+        self._offset = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._upload.size - self._offset
+        data = self._upload.read(self._offset, size)
+        self._offset += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._offset, os.SEEK_END: self._upload.size}
+        self._offset = max(0, base[whence] + offset)
+        return self._offset
+
+    def tell(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        pass
 
 
 def _typeName(value: Any) -> str:
@@ -90,6 +129,15 @@ def _typeName(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def _isUnicode(value: str) -> bool:
+    """Whether C{value} is encodable text (JSON's C{"\\ud800"} decodes to a lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Params:
@@ -156,6 +204,9 @@ class Params:
             )
         if "\x00" in value:
             raise InvalidParams(f"parameter '{name}' must not contain a NUL character", name)
+        if not _isUnicode(value):
+            raise InvalidParams(f"parameter '{name}' is not valid Unicode (a lone surrogate)",
+                                name)
         if pattern is not None and not re.fullmatch(pattern, value):
             raise InvalidParams(
                 f"parameter '{name}' is not {what or 'valid'}: {value[:64]!r}", name
@@ -215,7 +266,7 @@ class Params:
         if len(value) > maxItems:
             raise InvalidParams(f"parameter '{name}' has more than {maxItems} items", name)
         for item in value:
-            if not isinstance(item, str) or not item or "\x00" in item:
+            if not isinstance(item, str) or not item or "\x00" in item or not _isUnicode(item):
                 raise InvalidParams(f"parameter '{name}' must hold non-empty strings", name)
             if pattern is not None and not re.fullmatch(pattern, item):
                 raise InvalidParams(
@@ -353,25 +404,27 @@ class Dispatcher:
         @return: a Deferred firing with the reply body, or L{None} when no
             reply is due (notifications only).  It never fails.
         """
-        if isinstance(payload, list):
-            if not payload:
-                return Deferred.fromCoroutine(
-                    self._errorOnly(InvalidRequest("an empty batch is not a request"))
-                )
-            if len(payload) > MAX_BATCH:
-                return Deferred.fromCoroutine(
-                    self._errorOnly(
-                        InvalidRequest(f"a batch holds at most {MAX_BATCH} requests")
-                    )
-                )
-            d = gatherResults([self.handleOne(item, None) for item in payload])
-            d.addCallback(
-                lambda parts: b"[" + b",".join(p for p in parts if p is not None) + b"]"
-                if any(p is not None for p in parts)
-                else None
-            )
-            return d
-        return self.handleOne(payload, uploads)
+        return Deferred.fromCoroutine(self.answer(payload, uploads))
+
+    async def answer(self, payload: Any, uploads: Mapping[str, Upload] | None = None) -> bytes | None:
+        """
+        L{handle} as a coroutine (the HTTP resource awaits it directly: one
+        Deferred less per request on the hot path).
+        """
+        if not isinstance(payload, list):
+            return await self._handleOne(payload, uploads)
+        return await self._batch(payload)
+
+    async def _batch(self, payload: list[Any]) -> bytes | None:
+        if not payload:
+            return await self._errorOnly(InvalidRequest("an empty batch is not a request"))
+        if len(payload) > MAX_BATCH:
+            return await self._errorOnly(
+                InvalidRequest(f"a batch holds at most {MAX_BATCH} requests"))
+        parts = await gatherResults([self.handleOne(item, None) for item in payload])
+        if not any(p is not None for p in parts):
+            return None
+        return b"[" + b",".join(p for p in parts if p is not None) + b"]"
 
     async def _errorOnly(self, error: RPCError) -> bytes:
         return encode({"jsonrpc": "2.0", "error": error.toDict(), "id": None})
@@ -451,7 +504,12 @@ class Dispatcher:
                 {"method": name[:64]},
             )
         params = self.bindParams(spec, obj.get("params"), uploads)
-        return await maybeDeferred(spec.handler, params)
+        # Called and awaited directly (not through maybeDeferred): a
+        # coroutine handler then costs no Deferred of its own.
+        result = spec.handler(params)
+        if isinstance(result, Deferred) or inspect.isawaitable(result):
+            result = await result
+        return result
 
     def bindParams(
         self, spec: MethodSpec, raw: Any, uploads: Mapping[str, Upload] | None

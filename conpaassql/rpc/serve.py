@@ -102,8 +102,23 @@ class RPCServerService(service.MultiService):
         self.tokenFile = tokenFile
         self.port: Any = None
         self.listening: Deferred[Any] = Deferred()
+        #: The site's root once served; other resources beside the API.
+        self.root: RPCRoot | None = None
+        self._children: dict[bytes, IResource] = {}
         self._stopProcessHook = stopProcess
         self._connections: ConnectionTracker | None = None
+
+    def addChild(self, name: str, child: IResource) -> None:
+        """
+        Serve C{child} at C{/<name>/} beside the JSON-RPC API at C{/} (e.g.
+        C{ui}, C{metrics}); before or after the service starts.
+        """
+        if not name or "/" in name:
+            raise ValueError(f"a child's name is one path segment, not {name!r}")
+        key = name.encode("utf-8")
+        self._children[key] = child
+        if self.root is not None:
+            self.root.putChild(key, child)
 
     def prepareStateDir(self) -> tuple[str, str]:
         """
@@ -138,8 +153,9 @@ class RPCServerService(service.MultiService):
         rpc: IResource = RPCResource(
             dispatcher, TokenAuth([token], hint=f"token file {self.tokenFile}")
         )
-        root = RPCRoot(rpc, dict(children)) if children else rpc
-        site = makeSite(root, **siteOptions)
+        # Always a root with children: more can be added (addChild) later.
+        self.root = RPCRoot(rpc, {**self._children, **dict(children or {})})
+        site = makeSite(self.root, **siteOptions)
         self._connections = ConnectionTracker(site)
         d = endpoints.serverFromString(self.reactor, self.listen).listen(self._connections)
         d.addCallbacks(self._listening, self._listenFailed)

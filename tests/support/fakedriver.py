@@ -151,13 +151,15 @@ class FakeDriver:
 
     async def list(self) -> builtins.list[VMInfo]:
         self.calls.append(("list", None))
+        # A held reply says what the cloud had when it answered.
+        answer = self.ours()
         if self.holdList:
             d: Deferred[None] = Deferred()
             self._held.append(d)
             await d
         if self.failList is not None:
             raise self.failList
-        return self.ours()
+        return answer
 
     async def terminate(self, vmId: str) -> None:
         self.calls.append(("terminate", vmId))

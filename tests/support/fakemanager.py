@@ -2,7 +2,7 @@
 A small in-memory stand-in for the manager's API (the method names and
 result shapes of issues 3 and 5), served over real HTTP by the project's
 own L{RPCResource}.  For quick tests of clients of the manager (the web
-front-end); the manager's own tests and the front-end's browser tests use
+front-end, the command-line client); the manager's own tests and the front-end's browser tests use
 the real thing where it exists.
 
 Nodes go PENDING -> BOOTING -> RUNNING, one step per C{get_node_info} of
@@ -51,6 +51,9 @@ class FakeManagerAPI:
         self.master: int | None = None
         self.nextId = 1
         self.queries = 0.0
+        #: node id -> states still to go through, one per get_node_info
+        #: (instead of the automatic PENDING -> BOOTING -> RUNNING)
+        self.script: dict[int, list[str]] = {}
 
     def addNode(self, name: str | None = None, state: str = "PENDING", **extra: Any) -> dict[str, Any]:
         nodeId = self.nextId
@@ -109,7 +112,11 @@ class FakeManagerAPI:
     @method(params=("serviceNodeId",))
     def get_node_info(self, params: Params) -> Any:
         node = self._node(params)
-        self._advance(node)
+        script = self.script.get(node["id"])
+        if script:
+            node["state"] = script.pop(0)
+        else:
+            self._advance(node)
         return {"serviceNode": dict(node)}
 
     @method()
@@ -161,6 +168,7 @@ class FakeManagerAPI:
 
     @method(params=("serviceNodeId",))
     def get_users(self, params: Params) -> Any:
+        self._record("get_users", params)
         if "serviceNodeId" in params and params.raw("serviceNodeId") != "all":
             ids = [self._node(params)["id"]]
         else:

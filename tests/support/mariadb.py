@@ -111,6 +111,7 @@ def make_managed_server(testcase: TestCase, **settings: Any) -> ManagedServer:
         dump=settings.pop("dump", find_binary(["mariadb-dump", "mysqldump"])),
         mysqld_port=settings.pop("mysqld_port", 0),
         bind_address=settings.pop("bind_address", defaults.bind_address),
+        datadir_template=settings.pop("datadir_template", None),
     )
     if settings:
         raise TypeError(f"unknown settings: {sorted(settings)}")

@@ -18,12 +18,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 
-from conpaassql.iaas.onesim import Delays, OneSimService, OneSimulator, SimNetwork, VMBooter
+from conpaassql.iaas.onesim import Delays, OneSimService, OneSimulator, SimNetwork, SimVM, VMBooter
 from conpaassql.iaas.opennebula import OpenNebulaDriver, makeDriver
+from conpaassql.rpc.dispatch import Dispatcher
+from conpaassql.rpc.resource import RPCResource, TokenAuth, makeSite
+from tests.support.fakeagents import FakeAgentAPI
 
-__all__ = ["FAST", "PASSWORD", "USER", "free_port", "make_driver", "settings_for", "start_simulator"]
+__all__ = ["FAST", "PASSWORD", "USER", "FakeAgentBooter", "free_port", "make_driver", "settings_for", "start_simulator"]
 
 USER = "conpaassql"
 PASSWORD = "s3cret-pass"
@@ -41,12 +46,22 @@ def free_port() -> int:
 
 
 async def start_simulator(
-    case: TestCase, *, version: str = "6.10", delays: Delays = FAST, boot: bool = False,
+    case: TestCase, *, version: str = "6.10", delays: Delays = FAST, boot: bool | str = False,
     users: tuple[tuple[str, str, int], ...] = ((USER, PASSWORD, 0), ("alice", "alice-pass", 1)),
     **kwargs: Any,
 ) -> tuple[OneSimulator, OneSimService]:
-    """A simulator listening on 127.0.0.1:<free port>, stopped on cleanup."""
-    booter = VMBooter(case.mktemp(), reactor=reactor) if boot else None
+    """
+    A simulator listening on 127.0.0.1:<free port>, stopped on cleanup.
+
+    @param boot: C{True} boots VMs for real (L{VMBooter}: their boot script
+        runs, and with it a real agent and mariadbd); C{"fake"} gives each a
+        fake agent (L{FakeAgentBooter}); C{False} boots nothing.
+    """
+    booter: Any = None
+    if boot == "fake":
+        booter = FakeAgentBooter()
+    elif boot:
+        booter = VMBooter(case.mktemp(), reactor=reactor)
     network = SimNetwork(addresses=f"127.{random.randint(100, 250)}.0.0/16")
     sim = OneSimulator(
         version=version, clock=reactor, users=users, delays=delays, network=network,
@@ -84,3 +99,39 @@ def make_driver(case: TestCase, url: str, tag: str, settings: Mapping[str, str] 
     )
     case.addCleanup(driver.close)
     return driver
+
+
+class FakeAgentBooter:
+    """
+    A fast stand-in for L{VMBooter}: a VM reaching RUNNING gets, instead of
+    its boot script, an in-process fake agent (L{FakeAgentAPI}) served over
+    real HTTP on the VM's own address and C{AGENT_PORT}, accepting only the
+    VM's C{AGENT_TOKEN}.  Halting the VM stops it listening and drops its
+    connections, as a VM that ends does.
+    """
+
+    def __init__(self) -> None:
+        self.running: dict[int, tuple[FakeAgentAPI, Any, WrappingFactory]] = {}
+
+    def boot(self, vm: SimVM) -> None:
+        context = vm.context
+        if vm.id in self.running or not vm.ip or "AGENT_TOKEN" not in context:
+            return
+        api = FakeAgentAPI()
+        site = makeSite(RPCResource(Dispatcher(api), TokenAuth([context["AGENT_TOKEN"]])))
+        factory = WrappingFactory(site)
+        port = reactor.listenTCP(int(context["AGENT_PORT"]), factory, interface=vm.ip)
+        self.running[vm.id] = (api, port, factory)
+
+    def halt(self, vmId: int) -> Deferred[None]:
+        """Stop VM C{vmId}'s agent; fires when it no longer listens."""
+        entry = self.running.pop(vmId, None)
+        if entry is None:
+            return succeed(None)
+        _api, port, factory = entry
+        for connection in list(factory.protocols):
+            connection.transport.abortConnection()
+        return maybeDeferred(port.stopListening)
+
+    async def stopAll(self) -> None:
+        await gatherResults([self.halt(vmId) for vmId in list(self.running)])
