@@ -62,7 +62,8 @@ class ManagerKilledTests(TestCase):
             kinds,
         )
         dirs = os.listdir(cloud.baseDir) if os.path.isdir(cloud.baseDir) else []
-        self.assertEqual(len(dirs), nodes, dirs)
+        nodeDirs = [d for d in dirs if d.startswith("conpaassql-")]
+        self.assertEqual(len(nodeDirs), nodes, dirs)
 
     async def restartedRuns(
         self, cloud: LocalCloud, config: str, ids: list[int]
