@@ -39,6 +39,7 @@ from conpaassql.iaas.local import LocalDriver, LocalSettings, makeDriver
 from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import Unauthorized
 from tests.support.drivercontract import DriverContractMixin
+from tests.support.managerproc import processesMentioning as _processesMentioning
 from tests.support.mariadb import pid_alive, skip_unless_mariadb
 from tests.test_agent_initdb import INSTALLER_SAYS, fingerprint
 
@@ -46,18 +47,6 @@ TAG = "test"
 OTHER = "other"
 reactor: Any = _reactor  # typed Any: mypy without the zope plugin misreads it
 WAIT = 180.0  # seconds: a generous bound on a 2-core machine shared with others
-
-
-def _processesMentioning(text: str) -> list[int]:
-    """
-    Live processes with C{text} in an argument (what C{ps} shows).
-    """
-    found = []
-    for entry in os.listdir("/proc"):
-        pid = int(entry) if entry.isdigit() else os.getpid()
-        if pid != os.getpid() and any(text in a for a in process_argv(pid)) and pid_alive(pid):
-            found.append(pid)
-    return found
 
 
 def _environ(pid: int) -> bytes:
@@ -190,12 +179,13 @@ class SettingsTests(SynchronousTestCase):
                 "LOCAL_BIND_ADDRESS": "::1",
                 "Local_Boot_Timeout": "12.5",
                 "LOCAL_STOP_TIMEOUT": "3",
+                "local_agent_restart": "No",
                 "DRIVER": "LOCAL",
                 "OPENNEBULA_URL": "ignored: not ours",
             },
             "/srv/manager",
         )
-        self.assertEqual(settings, LocalSettings("/srv/manager/nodes", "::1", 12.5, 3.0))
+        self.assertEqual(settings, LocalSettings("/srv/manager/nodes", "::1", 12.5, 3.0, False))
 
     def test_absolute_base_dir(self) -> None:
         settings = LocalSettings.fromMapping({"LOCAL_BASE_DIR": "/data/cloud/"}, "/srv")
@@ -209,19 +199,21 @@ class SettingsTests(SynchronousTestCase):
                 "LOCAL_BIND_ADDRESS": "localhost",
                 "LOCAL_BOOT_TIMEOUT": "soon",
                 "LOCAL_STOP_TIMEOUT": "-1",
+                "LOCAL_AGENT_RESTART": "maybe",
                 "LOCAL_BASE": "/x",
             },
             stateDir="/srv",
             reactor=Clock(),
             serviceTag="Bad Tag",
         )
-        self.assertEqual(len(e.problems), 5, e.problems)
+        self.assertEqual(len(e.problems), 6, e.problems)
         text = str(e)
         for word in (
             "LOCAL_BASE",
             "LOCAL_BIND_ADDRESS",
             "LOCAL_BOOT_TIMEOUT",
             "LOCAL_STOP_TIMEOUT",
+            "LOCAL_AGENT_RESTART",
             "service tag",
         ):
             self.assertIn(word, text)
@@ -558,10 +550,13 @@ class LocalAgentTests(TestCase):
                 return None if directory.startswith(nodeDir) else directory
         return None
 
-    async def test_killed_agent_failed(self) -> None:
+    async def test_killed_agent_restarted(self) -> None:
         """
-        SIGKILL of an agent: FAILED with the end of its log, no secret;
-        terminate then ends the server it left behind and cleans up.
+        SIGKILL of an agent that served: the next list starts it again
+        (BOOTING), on the same port, with the same server data; its new self
+        replaces the mariadbd the old one left.  Killed again soon after its
+        restart, it is FAILED with the end of its log, no secret; terminate
+        then ends the server it left behind and cleans up.
         """
         driver = self.cloud.driver()
         nodeSpec = spec(3)
@@ -574,19 +569,51 @@ class LocalAgentTests(TestCase):
         socketDir = self._socketDir(nodeDir)
         agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
         os.kill(agentPid, signal.SIGKILL)
+        restarting = await waitFor(driver, info.vmId, ("BOOTING", "PENDING", "FAILED"))
+        self.assertEqual(restarting.state, "BOOTING", restarting.detail)
+        self.assertIn(f"agent restarted (the agent process (pid {agentPid}) is gone",
+                      restarting.detail)
+        again = await waitFor(driver, info.vmId, ("RUNNING", "FAILED"))
+        self.assertEqual(again.state, "RUNNING", again.detail)
+        self.assertEqual(again.agentPort, running.agentPort)
+        restarted = await serverRunning(again, token)
+        self.assertEqual(restarted["state"], "RUNNING", restarted)
+        self.assertEqual(restarted["mysqld_port"], state["mysqld_port"])
+        self.assertNotEqual(restarted["pid"], state["pid"])
+        self.assertFalse(pid_alive(state["pid"]), "the orphaned mariadbd")
+        self.assertIn('"count": 1', _read(os.path.join(nodeDir, "restarts.json")))
+
+        agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
+        os.kill(agentPid, signal.SIGKILL)
         failed = await waitFor(driver, info.vmId, ("FAILED",))
         self.assertIn(f"the agent process (pid {agentPid}) is gone", failed.detail)
+        self.assertIn("after its restart 1: not restarted again", failed.detail)
         self.assertIn("agent.log", failed.detail)
         self.assertIn("database server state STARTING -> RUNNING", failed.detail)
         self.assertNotIn(token, failed.detail)
-        self.assertTrue(pid_alive(state["pid"]), "the orphaned mariadbd")
+        self.assertTrue(pid_alive(restarted["pid"]), "the orphaned mariadbd")
 
         await driver.terminate(info.vmId)
-        self.assertFalse(pid_alive(state["pid"]))
+        self.assertFalse(pid_alive(restarted["pid"]))
         self.assertFalse(os.path.exists(nodeDir))
         if socketDir is not None:
             self.assertFalse(os.path.exists(socketDir))
         self.assertEqual(await driver.list(), [])
+
+    async def test_killed_agent_not_restarted(self) -> None:
+        """
+        With LOCAL_AGENT_RESTART off, a dead agent is a crashed VM: FAILED.
+        """
+        driver = self.cloud.driver(LOCAL_AGENT_RESTART="false")
+        info = await driver.create(spec(8))
+        await waitFor(driver, info.vmId, ("RUNNING", "FAILED"))
+        nodeDir = self.cloud.nodeDir(info.name)
+        agentPid = int(_read(os.path.join(nodeDir, "twistd.pid")))
+        os.kill(agentPid, signal.SIGKILL)
+        failed = await waitFor(driver, info.vmId, ("FAILED", "BOOTING"))
+        self.assertEqual(failed.state, "FAILED")
+        self.assertIn(f"the agent process (pid {agentPid}) is gone", failed.detail)
+        self.assertFalse(os.path.exists(os.path.join(nodeDir, "restarts.json")))
 
     async def test_two_nodes_at_once(self) -> None:
         """

@@ -48,6 +48,16 @@ class ConfigTests(SynchronousTestCase):
             metrics_interval=2.5, switchover_timeout=12,
         ))
 
+    def test_failover(self) -> None:
+        self.assertEqual((ManagerConfig().failover, ManagerConfig().master_lost_timeout),
+                         ("manual", 10.0))
+        config = parse_config("[manager]\nfailover = Auto\nmaster_lost_timeout = 2.5\n")
+        self.assertEqual((config.failover, config.master_lost_timeout), ("auto", 2.5))
+        e = self.assertRaises(ConfigError, parse_config,
+                              "[manager]\nfailover = sometimes\nmaster_lost_timeout = 0\n")
+        self.assertIn("[manager] failover: must be manual or auto", str(e))
+        self.assertIn("[manager] master_lost_timeout: must be from 0.1 to 86400", str(e))
+
     def test_boot_poll_interval(self) -> None:
         self.assertEqual(ManagerConfig().bootPollInterval, 0.2)
         self.assertEqual(ManagerConfig(poll_interval=0.1).bootPollInterval, 0.1)

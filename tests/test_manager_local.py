@@ -9,30 +9,23 @@ is left (L{tests.test_iaas_local.localCloud}).
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
-import sys
 from typing import Any
 
 import pymysql
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
+from tests.support.managerproc import WAIT, ManagerProcess, nodesIn, startManager, until
 from tests.support.mariadb import pid_alive, skip_unless_mariadb
 from tests.test_iaas_local import _processesMentioning, localCloud
 
 reactor: Any = _reactor
-
-WAIT = 180.0  # seconds: generous on a 2-core machine shared with other test runs
 
 DUMP = b"""-- a small dump
 CREATE DATABASE IF NOT EXISTS shop;
@@ -40,30 +33,6 @@ USE shop;
 CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(40)) ENGINE=InnoDB;
 INSERT INTO items VALUES (1, 'apple'), (2, 'pear'), (3, 'plum');
 """
-
-
-async def until(check: Any, what: str, timeout: float = WAIT) -> Any:
-    """Call C{check} (plain or async) every 0.1 s until it returns a true value."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await deferLater(reactor, 0.1, lambda: None)
-
-
-async def nodesIn(client: RPCClient, state: str, ids: list[int]) -> bool:
-    for nodeId in ids:
-        info = await client.call("get_node_info", {"serviceNodeId": nodeId})
-        if info["serviceNode"]["state"] != state:
-            if info["serviceNode"]["state"] == "ERROR":
-                raise AssertionError(f"node {nodeId} in ERROR: {info['serviceNode']}")
-            return False
-    return True
 
 
 def selectItems(port: int, user: str, password: str) -> list[tuple[Any, ...]]:
@@ -167,59 +136,14 @@ class InProcessTests(TestCase):
         self.assertEqual(_processesMentioning(cloud.baseDir + os.sep), [])
 
 
-class _Manager(ProcessProtocol):
-    """A C{twistd -n conpaassql-manager} child process."""
-
-    def __init__(self) -> None:
-        self.output = bytearray()
-        self.ended: Deferred[None] = Deferred()
-        self.status: Any = None
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.status = reason.value
-        self.ended.callback(None)
-
-
 class SeparateProcessTests(TestCase):
     skip = skip_unless_mariadb()
     timeout = 600
 
-    async def startManager(self, stateDir: str, config: str) -> tuple[_Manager, RPCClient]:
-        urlFile = os.path.join(stateDir, "manager-url")
-        if os.path.exists(urlFile):
-            os.unlink(urlFile)
-        protocol = _Manager()
-        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-                "--pidfile=", "conpaassql-manager",
-                "--listen", "tcp:0:interface=127.0.0.1", "--state-dir", stateDir,
-                "--config", config]
-        transport = reactor.spawnProcess(protocol, sys.executable, argv, env=dict(os.environ))
-
-        def stop() -> Deferred[None] | None:
-            if protocol.ended.called:
-                return None
-            transport.signalProcess("KILL")
-            return protocol.ended
-
-        self.addCleanup(stop)
-
-        async def listening() -> bool:
-            if protocol.ended.called:
-                raise AssertionError(f"the manager exited: {protocol.output.decode()[-3000:]}")
-            return os.path.exists(urlFile)
-
-        await until(listening, "the manager to listen", 60)
-        with open(urlFile) as f:
-            url = f.read().strip()
-        with open(os.path.join(stateDir, "api-token")) as f:
-            token = f.read().strip()
-        client = RPCClient(url, token, reactor=reactor, timeout=60)
-        self.addCleanup(client.close)
-        protocol.pid = transport.pid  # type: ignore[attr-defined]
-        return protocol, client
+    async def startManager(
+        self, stateDir: str, config: str
+    ) -> tuple[ManagerProcess, RPCClient]:
+        return await startManager(self, stateDir, config)
 
     async def test_kill_9_and_restart(self) -> None:
         cloud = localCloud(self)
@@ -231,7 +155,7 @@ class SeparateProcessTests(TestCase):
         await until(lambda: nodesIn(client, "RUNNING", [1]), "node 1 RUNNING")
         await client.call("add_nodes", {"function": "agent"})
         # Killed while node 2 is being provisioned.
-        os.kill(first.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        os.kill(first.pid, signal.SIGKILL)
         await first.ended
         await client.close()
 

@@ -22,6 +22,7 @@ Layout of C{<base dir>/<vm name>/} (mode 0700; the VM's name is its id)::
     launched       written when twistd reported a successful start
     launch-failed  written when twistd could not start the agent: why
     terminating    written when termination starts
+    restarts.json  how often the agent was started again, and when last
     agent/         the agent's --state-dir: agent-url, mysql/ (the server)
 
 States (L{LocalDriver.list}): PENDING until twistd has written the agent's
@@ -30,7 +31,15 @@ RUNNING once it has (C{agentPort} from that URL); FAILED when twistd could
 not start it, when its process is gone, or when it has no process
 C{LOCAL_BOOT_TIMEOUT} seconds after creation (the detail ends with the last
 lines of C{agent.log}, without the token); GONE while it is being
-terminated.  A termination interrupted (by L{LocalDriver.close} or a manager
+terminated.
+
+An agent that served (wrote its URL) and then died (killed, crashed) is
+started again by the next L{LocalDriver.list}, on the same port and state
+directory, as systemd (C{Restart=always}) or the boot script's restart loop
+does on a real VM: the VM is BOOTING meanwhile, its data is kept, and the
+new agent stops the C{mariadbd} the old one left behind.  An agent that dies
+before it served, or again within C{restartWindow} (30 s) of its restart, is
+FAILED.  A termination interrupted (by L{LocalDriver.close} or a manager
 crash) leaves the VM GONE with detail C{"terminating"}: terminate it again
 to finish.  The agent is recognised by its pid I{and} by its command line,
 which names the node's pid file, so a recycled pid is not taken for it.
@@ -56,6 +65,9 @@ Settings (the C{[iaas]} section, keys in any case, all optional):
   - C{LOCAL_STOP_TIMEOUT}: seconds L{LocalDriver.terminate} waits after
     SIGTERM for the agent to stop its server and exit before it uses
     SIGKILL; default 30.
+  - C{LOCAL_AGENT_RESTART}: whether an agent that died is started again
+    (see above); default true.  With false, a dead agent is a crashed VM:
+    FAILED at once (what tests of a lost node use).
 
 Any other C{LOCAL_*} key is an error; keys without the C{LOCAL_} prefix
 (C{DRIVER}, other drivers' keys) are not this driver's business.
@@ -112,7 +124,9 @@ LOG_FILE = "agent.log"
 LAUNCHED_FILE = "launched"
 LAUNCH_FAILED_FILE = "launch-failed"
 TERMINATING_FILE = "terminating"
+RESTARTS_FILE = "restarts.json"
 AGENT_DIR = "agent"
+AGENT_URL_FILE = "agent-url"
 #: The directory of the base dir holding the datadir templates.
 TEMPLATES_DIR = "templates"
 
@@ -133,6 +147,7 @@ class LocalSettings:
     bindAddress: str = "127.0.0.1"
     bootTimeout: float = 60.0
     stopTimeout: float = 30.0
+    agentRestart: bool = True
 
     @classmethod
     def fromMapping(cls, settings: Mapping[str, str], stateDir: str) -> LocalSettings:
@@ -143,7 +158,8 @@ class LocalSettings:
         """
         problems: list[str] = []
         given = {str(k).upper(): str(v).strip() for k, v in settings.items()}
-        known = {"LOCAL_BASE_DIR", "LOCAL_BIND_ADDRESS", "LOCAL_BOOT_TIMEOUT", "LOCAL_STOP_TIMEOUT"}
+        known = {"LOCAL_BASE_DIR", "LOCAL_BIND_ADDRESS", "LOCAL_BOOT_TIMEOUT", "LOCAL_STOP_TIMEOUT",
+                 "LOCAL_AGENT_RESTART"}
         for key in sorted(given):
             if key.startswith("LOCAL_") and key not in known:
                 problems.append(
@@ -177,9 +193,13 @@ class LocalSettings:
 
         bootTimeout = seconds("LOCAL_BOOT_TIMEOUT", cls.bootTimeout)
         stopTimeout = seconds("LOCAL_STOP_TIMEOUT", cls.stopTimeout)
+        restart = (given.get("LOCAL_AGENT_RESTART") or "true").lower()
+        if restart not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            problems.append(f"LOCAL_AGENT_RESTART must be true or false, not {restart!r}")
         if problems:
             raise DriverConfigError(problems)
-        return cls(baseDir, bindAddress, bootTimeout, stopTimeout)
+        return cls(baseDir, bindAddress, bootTimeout, stopTimeout,
+                   restart in ("true", "yes", "on", "1"))
 
 
 def makeDriver(
@@ -435,6 +455,9 @@ class LocalDriver:
     killTimeout = 10.0
     #: Seconds L{close} waits for launchers still running.
     launcherTimeout = 30.0
+    #: An agent that ends again within this many seconds of its restart is
+    #: not restarted again: its VM is FAILED.
+    restartWindow = 30.0
     #: Seconds making the datadir template may take.
     templateTimeout = 180.0
     #: Seconds a create waits for the template being made.
@@ -525,18 +548,10 @@ class LocalDriver:
                 "agentPort": port or None,
             }
             write_file_atomic(node.path(VM_FILE), json.dumps(record) + "\n", mode=0o600)
-            launcher = _Launcher(self, node)
-            self._reactor.spawnProcess(
-                launcher,
-                sys.executable,
-                self._agentArgv(node, port, template),
-                env=self._agentEnvironment(node),
-                path=node.dir,
-            )
+            self._launch(node, port, template)
         except OSError as e:
             shutil.rmtree(node.dir, ignore_errors=True)
             raise CloudFailure(f"create {spec.name}: cannot start its agent: {e}") from None
-        self._launchers[spec.name] = launcher
         self.log.info("created local VM {name} in {dir}", name=spec.name, dir=node.dir)
         return VMInfo(
             vmId=spec.name,
@@ -786,13 +801,14 @@ class LocalDriver:
         launched = os.path.exists(node.path(LAUNCHED_FILE))
         launchFailed = _readSmall(node.path(LAUNCH_FAILED_FILE), 8192)
         pid = _readPid(node.pidFile)
+        port = _port(_readSmall(os.path.join(node.agentDir, AGENT_URL_FILE), 1024))
         if pid is not None and node.isAgent(pid):
-            port = _port(_readSmall(os.path.join(node.agentDir, "agent-url"), 1024))
             if port is None:
                 return VMInfo(node.name, node.name, "BOOTING", ip=ip, detail="agent starting")
             return VMInfo(
                 node.name, node.name, "RUNNING", ip=ip, agentPort=port, detail=f"agent pid {pid}"
             )
+        count, restartedAt = self._restarts(node)
         if pid is not None:
             reason = f"the agent process (pid {pid}) is gone"
         elif launchFailed is not None:
@@ -800,11 +816,71 @@ class LocalDriver:
         elif launched:
             reason = "the agent process ended"
         else:
-            age = self._reactor.seconds() - self._created(node, st.st_mtime)
-            if age < self.settings.bootTimeout:
+            age = self._reactor.seconds() - max(restartedAt, self._created(node, st.st_mtime))
+            if age < self.settings.bootTimeout or node.name in self._launchers:
                 return VMInfo(node.name, node.name, "PENDING", ip=ip, detail="agent starting")
             reason = f"no agent process {self.settings.bootTimeout:g} s after creation"
+        if (self.settings.agentRestart and launchFailed is None and port is not None
+                and node.name not in self._launchers):
+            # It served, then died: started again, as its supervisor does on a
+            # real VM, unless it died soon after the last restart.
+            if self._reactor.seconds() - restartedAt >= self.restartWindow:
+                if self._restart(node, port, count + 1, reason):
+                    return VMInfo(node.name, node.name, "BOOTING", ip=ip,
+                                  detail=f"agent restarted ({reason})")
+            else:
+                reason += (f", {self._reactor.seconds() - restartedAt:.0f} s after its "
+                           f"restart {count}: not restarted again")
         return VMInfo(node.name, node.name, "FAILED", ip=ip, detail=self._failure(node, reason))
+
+    def _restarts(self, node: _Node) -> tuple[int, float]:
+        """How often the node's agent was restarted, and when last (0 if never)."""
+        try:
+            record = json.loads(_readSmall(node.path(RESTARTS_FILE), 4096) or "")
+            return int(record["count"]), float(record["at"])
+        except (ValueError, KeyError, TypeError):
+            return 0, 0.0
+
+    def _restart(self, node: _Node, port: int, count: int, reason: str) -> bool:
+        """
+        Start the agent of a node again, on its port, after it died (its
+        new self stops the C{mariadbd} the old one left).  False if it cannot
+        be started.
+        """
+        self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn()
+            "{name}: {reason}; starting its agent again (restart {count})",
+            name=node.name, reason=reason, count=count,
+        )
+        try:
+            for stale in (node.pidFile, node.path(LAUNCHED_FILE),
+                          os.path.join(node.agentDir, AGENT_URL_FILE)):
+                try:
+                    os.unlink(stale)
+                except FileNotFoundError:
+                    pass
+            write_file_atomic(
+                node.path(RESTARTS_FILE),
+                json.dumps({"count": count, "at": self._reactor.seconds()}) + "\n",
+                mode=0o600,
+            )
+            self._launch(node, port)
+        except OSError as e:
+            self.log.error("{name}: cannot start its agent again: {error}", name=node.name,
+                           error=e)
+            return False
+        return True
+
+    def _launch(self, node: _Node, port: int, template: str | None = None) -> None:
+        """Start twistd for the node's agent (it daemonizes it)."""
+        launcher = _Launcher(self, node)
+        self._reactor.spawnProcess(
+            launcher,
+            sys.executable,
+            self._agentArgv(node, port, template),
+            env=self._agentEnvironment(node),
+            path=node.dir,
+        )
+        self._launchers[node.name] = launcher
 
     def _created(self, node: _Node, default: float) -> float:
         try:

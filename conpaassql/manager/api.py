@@ -16,7 +16,7 @@ from twisted.web.client import FileBodyProducer
 
 from conpaassql.manager.service import AgentClient, Manager
 from conpaassql.rpc.dispatch import Params, method
-from conpaassql.rpc.errors import InvalidParams
+from conpaassql.rpc.errors import Conflict, InvalidParams
 
 __all__ = ["ManagerAPI"]
 
@@ -207,6 +207,9 @@ class ManagerAPI:
         changes; on a slave while a master exists, a controlled switchover.
         """
         nodeId = int(params.int("id", min=1))
+        if self.manager.failover.lost or self.manager.failover.busy:
+            # The master is lost: the failover to this slave (failover.py).
+            return await self.manager.failover.recover(nodeId)
         return await self.manager.replication.setUpMaster(nodeId)
 
     @method(params=("id",), extraParams=True)
@@ -216,6 +219,8 @@ class ManagerAPI:
         once (C{"state": "SEEDING"}); get_node_info shows the progress.
         """
         nodeId = int(params.int("id", min=1))
+        if self.manager.failover.busy:
+            raise Conflict("a failover is in progress; get_service_info shows it")
         return await self.manager.replication.attachSlave(nodeId)
 
     @method()

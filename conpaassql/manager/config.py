@@ -26,6 +26,8 @@ An INI file in the original's shape, read once into a frozen dataclass::
     logfile =                 ; also write the log to this file
     metrics_interval = 5      ; seconds between performance samples of the nodes
     switchover_timeout = 20   ; seconds a switchover waits for the new master to catch up
+    failover = manual         ; when the master is lost: manual (report it) or auto (promote)
+    master_lost_timeout = 10  ; seconds the master must be down before it is declared lost
 
 Every problem is collected and reported together in one L{ConfigError};
 unknown sections and keys are problems, and so is a driver whose module
@@ -72,6 +74,8 @@ class ManagerConfig:
     manager_url: str | None = None
     metrics_interval: float = 5.0
     switchover_timeout: float = 20.0
+    failover: str = "manual"
+    master_lost_timeout: float = 10.0
     #: "on", "off" or "auto" (see L{useTLS}).  Off by default, as the
     #: original: nodes of an existing service keep the scheme they were
     #: made with, and plain-HTTP tools (the simulator's fake agents) stay
@@ -108,10 +112,15 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "agent_port": (int, 1, 65535),
     "metrics_interval": (float, 0.05, 3600),
     "switchover_timeout": (float, 1, 3600),
+    "master_lost_timeout": (float, 0.1, 86400),
 }
-_MANAGER_KEYS = (*_NUMBERS, "poll_agents_timer", "logfile", "manager_url", "tls", "tls_names")
+_MANAGER_KEYS = (
+    *_NUMBERS, "poll_agents_timer", "logfile", "manager_url", "tls", "tls_names", "failover",
+)
 _SWITCH = {"on": "on", "true": "on", "yes": "on", "1": "on",
            "off": "off", "false": "off", "no": "off", "0": "off", "auto": "auto"}
+#: The values of [manager] failover.
+FAILOVER_MODES = ("manual", "auto")
 
 
 def parse_config(text: str, source: str = "<config>") -> ManagerConfig:
@@ -173,6 +182,11 @@ def parse_config(text: str, source: str = "<config>") -> ManagerConfig:
                 if bad:
                     problem("manager", key, f"not a host name or address: {bad[0][:60]!r}")
                 values[key] = names
+                continue
+            if key == "failover":
+                if value.lower() not in FAILOVER_MODES:
+                    problem("manager", key, "must be manual or auto")
+                values[key] = value.lower()
                 continue
             if key == "logfile":
                 if value and not os.path.isabs(value):

@@ -142,6 +142,9 @@ class NodeCore:
         self.lastProbeError: str | None = None
         #: How often the manager asked the agent to start its server again.
         self.startAttempts = 0
+        #: Whether the last failed probe had an answer (the agent runs, its
+        #: database server does not).
+        self.agentAnswered = False
         #: Milliseconds the last successful probe took.
         self.probeMs: float | None = None
         self._writes: list[Deferred[None]] = []

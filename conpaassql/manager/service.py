@@ -55,6 +55,7 @@ from conpaassql.common.tls import ServiceTLS
 from conpaassql.iaas.base import CloudFailure, IaaSDriver, NodeSpec, VMInfo, nodeIdOfName
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.errors import describe
+from conpaassql.manager.failover import MasterWatch
 from conpaassql.manager.lifecycle import Lifecycle, LifecycleMachine, PhaseCore
 from conpaassql.manager.node import ADAPTING_STATES, Node, NodeCore, NodeHooks
 from conpaassql.manager.performance import PerformanceTracker, Sample
@@ -77,6 +78,9 @@ _T = TypeVar("_T")
 
 #: The manager's own states, as get_service_info reports them.
 PHASES = ("INIT", "PROLOGUE", "RUNNING", "ADAPTING", "EPILOGUE", "STOPPED", "ERROR")
+
+#: The registry's meta key that says a shutdown was asked for and is not finished.
+SHUTDOWN_KEY = "shutdown"
 
 #: The longest wait between cloud list calls after failures.
 MAX_LIST_BACKOFF = 60.0
@@ -220,6 +224,8 @@ class Manager(service.Service):
         self._epilogue: Deferred[None] | None = None
         #: Replication roles and operations (L{ReplicationCoordinator}).
         self.replication = ReplicationCoordinator(self)
+        #: The master's loss, and failover (L{MasterWatch}).
+        self.failover = MasterWatch(self)
         #: The performance figures, fed by the sampler every C{metrics_interval}.
         self.performance = PerformanceTracker()
         self._sampler = TimerService(config.metrics_interval, self._sampleCycle)
@@ -238,7 +244,7 @@ class Manager(service.Service):
 
     def serviceState(self) -> str:
         """The state get_service_info reports; RUNNING becomes ADAPTING while nodes move."""
-        if self.phase == "RUNNING" and (self.replication.busy or any(
+        if self.phase == "RUNNING" and (self.replication.busy or self.failover.busy or any(
             n.state in ADAPTING_STATES for n in self.nodes.values()
         )):
             return "ADAPTING"
@@ -264,7 +270,9 @@ class Manager(service.Service):
             self.driver = self._driverFactory(self.serviceTag)
             for record in await self.registry.liveNodes():
                 self._add(record)
+            resumeShutdown = await self.registry.getMeta(SHUTDOWN_KEY) is not None
             await self.replication.restore()
+            await self.failover.restore()
         except Exception as e:
             log.failure("manager: cannot start")
             self.lifecycle.startFailed(f"cannot start: {_describe(e)}")
@@ -274,9 +282,14 @@ class Manager(service.Service):
             "manager: service tag {tag}, driver {driver}, {count} live node(s) in the registry",
             tag=self.serviceTag, driver=self.config.driver, count=len(self.nodes),
         )
+        if resumeShutdown:
+            # A shutdown was under way when the manager stopped (or was
+            # killed): it goes on, and get_service_info says EPILOGUE.
+            log.info("manager: a shutdown was under way; finishing it")
+            self._beginEpilogue()
         self.ready.callback(None)
         await self._urlKnown
-        if self.running and self.phase == "PROLOGUE":
+        if self.running and self.phase in ("PROLOGUE", "EPILOGUE"):
             self._poller.startService()
             self._sampler.startService()
 
@@ -296,6 +309,7 @@ class Manager(service.Service):
         if self._sampler.running:
             await self._sampler.stopService()
         self.replication.stop()
+        self.failover.stop()
         if self._epilogue is not None:
             # Stopped during a shutdown: the nodes left TERMINATING are ended
             # after the next start.
@@ -517,16 +531,26 @@ class Manager(service.Service):
         await self.ready
         if self.phase == "ERROR":
             raise WrongState(f"the service is in ERROR: {self.error}", {"state": "ERROR"})
-        if not self.lifecycle.shutdown():
+        if self.phase not in ("PROLOGUE", "RUNNING"):
             return
+        # Kept first: a manager restarted before the end finishes the shutdown.
+        await self.registry.setMeta(SHUTDOWN_KEY, "requested")
+        if self._beginEpilogue():
+            await gatherResults([n.core.flush() for n in self.nodes.values()])
+
+    def _beginEpilogue(self) -> bool:
+        """Enter EPILOGUE and remove every node; false if it was entered already."""
+        if not self.lifecycle.shutdown():
+            return False
         for node in list(self.nodes.values()):
             node.machine.remove()
-        await gatherResults([n.core.flush() for n in self.nodes.values()])
         self._epilogue = self._track(Deferred.fromCoroutine(self._finish()))
+        return True
 
     async def _finish(self) -> None:
         while self.nodes or self._orphans:
             await deferLater(self.clock, min(self.config.poll_interval, 0.5))
+        await self.registry.setMeta(SHUTDOWN_KEY, None)
         self.lifecycle.nodesGone()
         log.info("manager: every node is terminated; stopping")
         self.clock.callLater(0.2, self._stopProcess)
@@ -571,6 +595,8 @@ class Manager(service.Service):
             if node.state == "TERMINATING" and cloudCalls:
                 self._terminate(node.core)
         await self._flushAll()
+        if self.phase in ("PROLOGUE", "RUNNING"):
+            self.failover.check()
         self.cycles += 1
         self.lifecycle.polled()
 
@@ -722,10 +748,12 @@ class Manager(service.Service):
                 self.config.probe_timeout + 1,
             )
         except Exception as e:
+            node.core.agentAnswered = False
             node.machine.agentDown(_describe(e))
             return
         node.core.probeMs = (self.clock.seconds() - started) * 1000.0
         info = result.get("return") if isinstance(result, dict) else None
+        node.core.agentAnswered = isinstance(info, dict)
         if not isinstance(info, dict):
             node.machine.agentDown(f"the agent sent an unexpected reply: {result!r:.100}")
         elif info.get("isRunningMySQL") is True:
@@ -742,6 +770,7 @@ class Manager(service.Service):
             node.machine.agentDown(reason)
             self._track(Deferred.fromCoroutine(self._startServer(node, client)))
         else:
+            node.core.agentInfo = dict(info)
             node.machine.agentDown(
                 f"the agent answers but its database server is {info.get('state')}"
                 + (f" ({info['error']})" if info.get("error") else "")
@@ -779,13 +808,21 @@ class Manager(service.Service):
             "mysqld_port": record.mysqld_port,
             "vm_id": record.vm_id,
         }
+        agent = node.core.agentInfo
         if node.core.unreachable:
             info["unreachable"] = True
+            if node.core.agentAnswered:
+                info["server_state"] = agent.get("state")
+        if agent.get("restarts"):
+            # The agent restarted its database server after it died.
+            info["server_restarts"] = agent["restarts"]
         replication = self.replication.nodeReplication(node)
         if replication is not None:
             info["replication"] = replication
         error = record.error or (
-            f"agent unreachable: {node.core.lastProbeError}" if node.core.unreachable else None
+            (node.core.lastProbeError if node.core.agentAnswered
+             else f"agent unreachable: {node.core.lastProbeError}")
+            if node.core.unreachable else None
         ) or self.replication.setupError(node.id)
         if error:
             info["error"] = error
@@ -807,6 +844,7 @@ class Manager(service.Service):
         if self.cloudError:
             info["cloud_error"] = self.cloudError
         info.update(self.replication.serviceInfo())
+        info.update(self.failover.serviceInfo())
         return info
 
     # Performance.
