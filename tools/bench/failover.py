@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import tempfile
@@ -41,6 +40,8 @@ import pymysql
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater, react
 from twisted.internet.threads import deferToThread
+
+from benchlib import endManager  # type: ignore[import-not-found]
 
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.tap import ManagerService
@@ -215,16 +216,7 @@ async def main(reactor: Any, rounds: int, overrides: dict[str, float], keep: boo
               f"(goal < 15 s); declared lost after {med['detected_after']:.2f} s, failover "
               f"{med['failover']:.2f} s")
     finally:
-        manager = service.manager
-        if manager is not None and manager.nodes:
-            await manager.shutdown()
-            while manager.phase != "STOPPED":
-                await deferLater(reactor, 0.1, lambda: None)
-        await service.stopService()
-        if keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        await endManager(reactor, service, work, keep)
 
 
 def run() -> None:

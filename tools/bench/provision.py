@@ -44,6 +44,8 @@ from twisted.internet.task import deferLater, react
 from twisted.internet.threads import deferToThread
 
 from conpaassql.agent.config import find_binary
+from benchlib import endManager  # type: ignore[import-not-found]
+
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
@@ -170,17 +172,7 @@ async def main(reactor: Any, runs: int, overrides: dict[str, float], keep: bool)
             print(f"median: mariadb-install-db {statistics.median(install):.2f} s, "
                   f"template copy {statistics.median(copy):.3f} s")
     finally:
-        # End every node this run made, whatever happened.
-        manager = service.manager
-        if manager is not None and manager.nodes:
-            await manager.shutdown()
-            while manager.phase != "STOPPED":
-                await deferLater(reactor, 0.1, lambda: None)
-        await service.stopService()
-        if keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        await endManager(reactor, service, work, keep)
 
 
 def run() -> None:
