@@ -71,19 +71,30 @@ def _rootPassword(path: str) -> str:
     raise AssertionError(f"no password in {path}")
 
 
+async def startTwistdManager(testcase: TestCase, managerSettings: str = "") -> Any:
+    """
+    A real C{twistd conpaassql-manager} process on the LOCAL driver in a
+    fresh state directory (tests.test_manager_local's way of starting one),
+    with C{managerSettings} (lines) added to its C{[manager]} section.
+
+    @return: the local cloud, the process protocol and an API client.
+    """
+    cloud = localCloud(testcase)
+    config = os.path.join(cloud.stateDir, "manager.cnf")
+    with open(config, "w") as f:
+        f.write("[iaas]\nDRIVER = LOCAL\n\n[manager]\npoll_interval = 0.25\n" + managerSettings)
+    start: Any = tml.SeparateProcessTests.startManager
+    protocol, client = await start(testcase, cloud.stateDir, config)
+    return cloud, protocol, client
+
+
 class SecretsTests(TestCase):
     skip = skip_unless_mariadb()
     timeout = 600
 
     async def test_no_secret_leaks(self) -> None:
-        cloud = localCloud(self)
+        cloud, protocol, client = await startTwistdManager(self)
         stateDir = cloud.stateDir
-        config = os.path.join(stateDir, "manager.cnf")
-        with open(config, "w") as f:
-            f.write("[iaas]\nDRIVER = LOCAL\n\n[manager]\npoll_interval = 0.25\n")
-        # A real twistd process (tests.test_manager_local's way of starting one).
-        start: Any = tml.SeparateProcessTests.startManager
-        protocol, client = await start(self, stateDir, config)
         with open(os.path.join(stateDir, "manager-url")) as f:
             url = f.read().strip()
         with open(os.path.join(stateDir, "api-token")) as f:

@@ -739,16 +739,10 @@ class TLSSecretsTests(TestCase):
     timeout = 600
 
     async def test_keys_stay_in_their_files(self) -> None:
-        import tests.test_manager_local as tml
-        from tests.test_secrets import _children, _readProc
+        from tests.test_secrets import _children, _readProc, startTwistdManager
 
-        cloud = localCloud(self)
+        cloud, protocol, client = await startTwistdManager(self, "tls = on\n")
         stateDir = cloud.stateDir
-        config = os.path.join(stateDir, "manager.cnf")
-        with open(config, "w") as f:
-            f.write("[iaas]\nDRIVER = LOCAL\n\n[manager]\npoll_interval = 0.25\ntls = on\n")
-        start: Any = tml.SeparateProcessTests.startManager
-        protocol, client = await start(self, stateDir, config)
         await client.call("add_nodes", {"function": "agent"})
         await until(lambda: nodesIn(client, "RUNNING", [1]), "node 1 RUNNING")
         info = (await client.call("get_node_info", {"serviceNodeId": 1}))["serviceNode"]
