@@ -18,10 +18,9 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from conpaassql.manager.config import ManagerConfig
-from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
-from tests.support.managerproc import WAIT, ManagerProcess, nodesIn, startManager, until
+from tests.support.localmanager import startLocalManager
+from tests.support.managerproc import ManagerProcess, nodesIn, startManager, until
 from tests.support.mariadb import pid_alive, skip_unless_mariadb
 from tests.test_iaas_local import _processesMentioning, localCloud
 
@@ -51,21 +50,8 @@ class InProcessTests(TestCase):
     timeout = 600
 
     async def test_two_nodes_users_dump_remove_shutdown(self) -> None:
-        cloud = localCloud(self)
-        stops: list[int] = []
-        service = ManagerService(
-            cloud.stateDir, ManagerConfig(poll_interval=0.25, boot_timeout=WAIT),
-            "tcp:0:interface=127.0.0.1", os.path.join(cloud.stateDir, "api-token"),
-            reactor=reactor, stopProcess=lambda: stops.append(1),
-        )
-        service.startService()
-        self.addCleanup(lambda: service.stopService() if service.running else None)
-        port = await service.listening
-        with open(os.path.join(cloud.stateDir, "api-token")) as tokenFile:
-            token = tokenFile.read().strip()
-        client = RPCClient(f"http://127.0.0.1:{port.getHost().port}/", token, reactor=reactor,
-                           timeout=60)
-        self.addCleanup(client.close)
+        m = await startLocalManager(self)
+        cloud, service, client, stops = m.cloud, m.service, m.client, m.stops
 
         added = await client.call("add_nodes", {"function": "agent", "count": 2})
         self.assertEqual([n["state"] for n in added["serviceNode"]], ["PENDING", "PENDING"])

@@ -26,7 +26,7 @@ from conpaassql.rpc.errors import Conflict, WrongState
 from tests import test_manager_local
 from tests.support.mariadb import skip_unless_mariadb
 from tests.test_iaas_local import localCloud
-from tests.test_manager_local import WAIT, nodesIn, until
+from tests.support.managerproc import WAIT, nodesIn, until
 
 reactor: Any = _reactor
 

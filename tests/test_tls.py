@@ -47,7 +47,7 @@ from conpaassql.rpc.client import RPCClient
 from conpaassql.rpc.errors import TransportError
 from tests.support.mariadb import skip_unless_mariadb
 from tests.test_iaas_local import _processesMentioning, localCloud
-from tests.test_manager_local import WAIT, nodesIn, until
+from tests.support.managerproc import WAIT, nodesIn, until
 
 reactor: Any = _reactor
 

@@ -16,7 +16,7 @@ from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.tap import ManagerService
 from conpaassql.rpc.client import RPCClient
 from tests.test_iaas_local import LocalCloud, localCloud
-from tests.test_manager_local import WAIT, nodesIn, until
+from tests.support.managerproc import WAIT, nodesIn, until
 
 reactor: Any = _reactor
 
