@@ -27,7 +27,6 @@ Last measured (2-core machine shared with other test runs, 3 rounds each):
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
@@ -37,11 +36,10 @@ from types import MappingProxyType
 from typing import Any
 
 import pymysql
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater, react
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from benchlib import endManager  # type: ignore[import-not-found]
+from benchlib import endManager, runManagerBench  # type: ignore[import-not-found]
 
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.tap import ManagerService
@@ -220,19 +218,10 @@ async def main(reactor: Any, rounds: int, overrides: dict[str, float], keep: boo
 
 
 def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--poll-interval", type=float, default=None,
-                        help="the manager's poll_interval (default: its default, 2)")
-    parser.add_argument("--master-lost-timeout", type=float, default=None,
-                        help="the manager's master_lost_timeout (default: its default, 10)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    args = parser.parse_args()
-    overrides = {k: v for k, v in (("poll_interval", args.poll_interval),
-                                   ("master_lost_timeout", args.master_lost_timeout))
-                 if v is not None}
-    react(lambda reactor: Deferred.fromCoroutine(main(reactor, args.rounds, overrides,
-                                                      args.keep)))
+    runManagerBench(__doc__, main, ("--rounds", 3), [
+        ("poll_interval", "the manager's poll_interval (default: its default, 2)"),
+        ("master_lost_timeout", "the manager's master_lost_timeout (default: its default, 10)"),
+    ])
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ the template (2.5 to 5.4 s then).  Before the template: 0.61 s against
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -39,12 +38,11 @@ import time
 from typing import Any
 
 import pymysql
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater, react
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from conpaassql.agent.config import find_binary
-from benchlib import endManager  # type: ignore[import-not-found]
+from benchlib import endManager, runManagerBench  # type: ignore[import-not-found]
 
 from conpaassql.manager.config import ManagerConfig
 from conpaassql.manager.tap import ManagerService
@@ -176,18 +174,10 @@ async def main(reactor: Any, runs: int, overrides: dict[str, float], keep: bool)
 
 
 def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--poll-interval", type=float, default=None,
-                        help="the manager's poll_interval (default: its default)")
-    parser.add_argument("--boot-poll-interval", type=float, default=None,
-                        help="the manager's boot_poll_interval (default: its default)")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    args = parser.parse_args()
-    overrides = {k: v for k, v in (("poll_interval", args.poll_interval),
-                                   ("boot_poll_interval", args.boot_poll_interval))
-                 if v is not None}
-    react(lambda reactor: Deferred.fromCoroutine(main(reactor, args.runs, overrides, args.keep)))
+    runManagerBench(__doc__, main, ("--runs", 5), [
+        ("poll_interval", "the manager's poll_interval (default: its default)"),
+        ("boot_poll_interval", "the manager's boot_poll_interval (default: its default)"),
+    ])
 
 
 if __name__ == "__main__":
