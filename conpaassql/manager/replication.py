@@ -75,9 +75,6 @@ _SHOWN = (
 )
 
 
-_describe = describe
-
-
 class ReplicationCoordinator:
     """
     @param manager: the manager whose nodes, registry and agent clients it uses.
@@ -235,7 +232,7 @@ class ReplicationCoordinator:
         except RPCError as e:
             raise type(e)(f"node {node.id}: {method}: {e.message}", e.data) from None
         except Exception as e:
-            raise OperationFailed(f"node {node.id}: {method}: {_describe(e)}") from None
+            raise OperationFailed(f"node {node.id}: {method}: {describe(e)}") from None
         return result.get("return") if isinstance(result, dict) else result
 
     def _requireRunning(self, node: Node, what: str) -> None:
@@ -416,7 +413,7 @@ class ReplicationCoordinator:
             await self._call(old, "set_read_only", {"value": False})
         except Exception as e:
             log.error("node {node}: could not make the old master writable again: {why}",
-                      node=old.id, why=_describe(e))
+                      node=old.id, why=describe(e))
             return
         await self.manager.registry.setMeta(_SWITCHOVER, None)
 
@@ -427,7 +424,7 @@ class ReplicationCoordinator:
             await self._call(node, "set_up_replica_slave", {
                 **await self._masterParams(master, node), "master_gtid_pos": position})
         except Exception as e:
-            setup.update(phase="failed", error=_describe(e), ended=self.clock.seconds())
+            setup.update(phase="failed", error=describe(e), ended=self.clock.seconds())
             log.warn("node {node}: following the new master failed: {why}", node=node.id,
                      why=setup["error"])
         else:
@@ -486,7 +483,7 @@ class ReplicationCoordinator:
         try:
             await self._call(node, "set_up_replica_slave", params)
         except Exception as e:
-            setup.update(phase="failed", error=_describe(e) if not isinstance(e, RPCError)
+            setup.update(phase="failed", error=describe(e) if not isinstance(e, RPCError)
                          else e.message, ended=self.clock.seconds())
             await self._saveSetup(nodeId)
             raise
@@ -524,7 +521,7 @@ class ReplicationCoordinator:
             except CancelledError:
                 raise
             except Exception as e:
-                setup["poll_error"] = _describe(e)
+                setup["poll_error"] = describe(e)
                 continue
             setup.pop("poll_error", None)
             phase = status.get("phase")

@@ -112,9 +112,6 @@ AgentClientFactory = Callable[..., AgentClient]
 DriverFactory = Callable[[str], IaaSDriver]
 
 
-_describe = describe
-
-
 def _transient(e: BaseException) -> bool:
     """Whether a failed cloud call may have worked, or may work if asked again."""
     if isinstance(e, CloudFailure):
@@ -275,7 +272,7 @@ class Manager(service.Service):
             await self.failover.restore()
         except Exception as e:
             log.failure("manager: cannot start")
-            self.lifecycle.startFailed(f"cannot start: {_describe(e)}")
+            self.lifecycle.startFailed(f"cannot start: {describe(e)}")
             self.ready.callback(None)
             return
         log.info(
@@ -425,11 +422,11 @@ class Manager(service.Service):
                 self._createRetry[node.id] = (attempts, self.clock.seconds() + delay)
                 log.warn("node {node}: create failed ({why}); a cloud list finds its VM, "
                          "or it is asked for again in {delay:g} s", node=node.id,
-                         why=_describe(e), delay=delay)
-                node.machine.createDelayed(_describe(e))
+                         why=describe(e), delay=delay)
+                node.machine.createDelayed(describe(e))
             else:
-                log.warn("node {node}: create failed: {why}", node=node.id, why=_describe(e))
-                node.machine.createFailed(_describe(e))
+                log.warn("node {node}: create failed: {why}", node=node.id, why=describe(e))
+                node.machine.createFailed(describe(e))
         else:
             self._createDone(node)
             self._createRetry.pop(node.id, None)
@@ -485,9 +482,9 @@ class Manager(service.Service):
             await self._timed(self.driver.terminate(vmId), self.config.list_timeout)
         except Exception as e:
             log.warn("node {node}: terminate of VM {vm} failed: {why}", node=node.id, vm=vmId,
-                     why=_describe(e))
+                     why=describe(e))
             self._ending.discard(node.id)
-            node.machine.terminateFailed(_describe(e))
+            node.machine.terminateFailed(describe(e))
         else:
             self._ending.discard(node.id)
             node.machine.terminated()
@@ -514,7 +511,7 @@ class Manager(service.Service):
                 await self._timed(self.driver.terminate(vm.vmId), self.config.list_timeout)
             except Exception as e:
                 log.warn("terminating VM {vm} failed (tried again): {why}", vm=vm.vmId,
-                         why=_describe(e))
+                         why=describe(e))
             finally:
                 self._orphans.discard(vm.vmId)
 
@@ -616,7 +613,7 @@ class Manager(service.Service):
                 MAX_LIST_BACKOFF, max(self.config.poll_interval, self._listBackoff * 2)
             )
             self._listRetryAt = self.clock.seconds() + self._listBackoff
-            self.cloudError = _describe(e)
+            self.cloudError = describe(e)
             log.warn("cloud list failed ({why}); next try in {delay:g} s",
                      why=self.cloudError, delay=self._listBackoff)
             return
@@ -749,7 +746,7 @@ class Manager(service.Service):
             )
         except Exception as e:
             node.core.agentAnswered = False
-            node.machine.agentDown(_describe(e))
+            node.machine.agentDown(describe(e))
             return
         node.core.probeMs = (self.clock.seconds() - started) * 1000.0
         info = result.get("return") if isinstance(result, dict) else None
@@ -783,7 +780,7 @@ class Manager(service.Service):
                 self.config.agent_call_timeout + 1,
             )
         except Exception as e:
-            log.warn("node {node}: start_server failed: {why}", node=node.id, why=_describe(e))
+            log.warn("node {node}: start_server failed: {why}", node=node.id, why=describe(e))
 
     async def _flushAll(self) -> None:
         for node in list(self.nodes.values()):
@@ -885,7 +882,7 @@ class Manager(service.Service):
             timestamp = float(figures["timestamp"])
         except Exception as e:
             log.debug("node {node}: no performance sample: {why}", node=node.id,
-                      why=_describe(e))
+                      why=describe(e))
             return
         if node.id not in self.nodes:
             return
@@ -999,10 +996,10 @@ class Manager(service.Service):
             if isinstance(error, TransportError):
                 raise OperationFailed(f"node {nodes[0].id}: {error}")
             raise error
-        summary = "; ".join(f"node {n}: {_describe(e)}" for n, e in failures.items())
+        summary = "; ".join(f"node {n}: {describe(e)}" for n, e in failures.items())
         done = ", ".join(results) or "none"
         raise OperationFailed(
             f"{what} failed on {len(failures)} of {len(nodes)} nodes ({summary}); "
             f"done on: {done}",
-            {"failed": {n: _describe(e) for n, e in failures.items()}, "done": results},
+            {"failed": {n: describe(e) for n, e in failures.items()}, "done": results},
         )
